@@ -1,0 +1,197 @@
+"""Builders per model size and the `sam_model_registry` (same keys and call style as the official one).
+
+Size-specific numbers live only here, in `SamConfig` presets. A config is a plain dataclass so that
+checkpoints can carry it (segany's own checkpoints embed it as JSON metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "segany_default.safetensors"
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """Every architecture number of a SAM model. The defaults are ViT-B's."""
+
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    encoder_global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    encoder_mlp_ratio: float = 4.0
+    window_size: int = 14
+    image_size: int = 1024
+    patch_size: int = 16
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    drop_path_rate: float = field(default=0.0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError("encoder_num_heads must divide encoder_embed_dim")
+        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if bad:
+            raise ValueError(f"global attention indexes {bad} outside 0..{self.encoder_depth - 1}")
+
+    @property
+    def embedding_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SamConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown SamConfig fields: {sorted(unknown)}")
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**clean)
+
+    @classmethod
+    def from_json(cls, text: str) -> SamConfig:
+        return cls.from_dict(json.loads(text))
+
+
+VIT_B = SamConfig()
+VIT_L = SamConfig(
+    encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=(5, 11, 17, 23)
+)
+VIT_H = SamConfig(
+    encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=(7, 15, 23, 31)
+)
+# For tests: every code path of the real model (windows with padding, global blocks, rel-pos, full prompt
+# encoder) at a cost of milliseconds. 256 px input → 16×16 embedding, windows of 7 (16 pads to 21).
+TINY = SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    window_size=7,
+    image_size=256,
+    patch_size=16,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
+    iou_head_hidden_dim=32,
+)
+
+
+def build_sam(config: SamConfig, checkpoint: str | Path | None = None) -> Sam:
+    """Build a SAM model from a config; load weights strictly if a checkpoint is given."""
+    c = config
+    grid = c.embedding_size
+    model = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=c.image_size,
+            patch_size=c.patch_size,
+            embed_dim=c.encoder_embed_dim,
+            depth=c.encoder_depth,
+            num_heads=c.encoder_num_heads,
+            mlp_ratio=c.encoder_mlp_ratio,
+            out_chans=c.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),  # type: ignore[arg-type]
+            use_rel_pos=True,
+            rel_pos_zero_init=True,
+            window_size=c.window_size,
+            global_attn_indexes=c.encoder_global_attn_indexes,
+            drop_path_rate=c.drop_path_rate,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(c.image_size, c.image_size),
+            mask_in_chans=c.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=c.decoder_depth,
+                embedding_dim=c.prompt_embed_dim,
+                mlp_dim=c.decoder_mlp_dim,
+                num_heads=c.decoder_num_heads,
+            ),
+            transformer_dim=c.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=c.iou_head_hidden_dim,
+        ),
+        pixel_mean=c.pixel_mean,
+        pixel_std=c.pixel_std,
+    )
+    model.eval()
+    if checkpoint is not None:
+        from segany.checkpoint import load_state_dict, load_weights_into
+
+        load_weights_into(model, load_state_dict(checkpoint))
+    return model
+
+
+def build_sam_vit_b(checkpoint: str | Path | None = None) -> Sam:
+    return build_sam(VIT_B, checkpoint)
+
+
+def build_sam_vit_l(checkpoint: str | Path | None = None) -> Sam:
+    return build_sam(VIT_L, checkpoint)
+
+
+def build_sam_vit_h(checkpoint: str | Path | None = None) -> Sam:
+    return build_sam(VIT_H, checkpoint)
+
+
+def build_sam_tiny(checkpoint: str | Path | None = None) -> Sam:
+    return build_sam(TINY, checkpoint)
+
+
+def build_sam_from_checkpoint(checkpoint: str | Path) -> Sam:
+    """Build the architecture a segany checkpoint describes in its own metadata, then load it."""
+    from segany.checkpoint import read_config
+
+    config = read_config(checkpoint)
+    if config is None:
+        raise ValueError(
+            f"{checkpoint} carries no segany config; name its size instead (vit_b, vit_l, vit_h)"
+        )
+    return build_sam(config, checkpoint)
+
+
+def build_sam_default(checkpoint: str | Path | None = None) -> Sam:
+    """segany's own small model, trained here and shipped in the package (see MODEL.md)."""
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(
+            f"segany's default weights are missing at {path}; pass --checkpoint with an official checkpoint "
+            "and --model vit_b/vit_l/vit_h"
+        )
+    return build_sam_from_checkpoint(path)
+
+
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "default": build_sam_default,
+    "vit_b": build_sam_vit_b,
+    "vit_l": build_sam_vit_l,
+    "vit_h": build_sam_vit_h,
+    "tiny": build_sam_tiny,
+}
+
+CONFIGS: dict[str, SamConfig] = {"vit_b": VIT_B, "vit_l": VIT_L, "vit_h": VIT_H, "tiny": TINY}

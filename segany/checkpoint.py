@@ -1,0 +1,161 @@
+"""The one place that reads model weights from disk.
+
+* `.safetensors` is the preferred format (no code can run while reading it); segany's own checkpoints carry
+  their `SamConfig` as JSON in the safetensors metadata, so a file alone says what to build.
+* `.pth` files (the official release format) are read only with `torch.load(..., weights_only=True,
+  map_location="cpu")`: a pickle that tries to build any object beyond tensors and plain containers is
+  refused with `CheckpointError`. There is no fallback to unsafe loading.
+* Loading is strict and all-or-nothing: every missing / unexpected key and wrong shape is named in the error
+  and the model is left untouched unless the whole state_dict fits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segany.build import CONFIGS, SamConfig
+
+CONFIG_METADATA_KEY = "segany_config"
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat state_dict from `.safetensors` or `.pth`/`.pt` without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused — the pickle asks to run code or build objects that are not plain tensors "
+            f"(weights_only=True). Only load checkpoints you trust, and convert them to .safetensors in a "
+            f"sandbox. Details: {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    return _as_state_dict(obj, path)
+
+
+def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    # training checkpoints nest the weights under "model"; official ones are flat
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a flat mapping of parameter names to tensors")
+    return {str(k): v for k, v in obj.items()}
+
+
+def read_config(path: str | Path) -> SamConfig | None:
+    """The `SamConfig` stored in a segany safetensors file, or None for files without one."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    text = meta.get(CONFIG_METADATA_KEY)
+    return SamConfig.from_json(text) if text else None
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise `CheckpointError` naming every key/shape/dtype problem; return silently if it all fits."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state_dict))
+        if state_dict[k].shape != expected[k].shape
+    ]
+    dtypes = [f"{k}: {v.dtype}" for k, v in state_dict.items() if v.dtype not in _FLOAT_DTYPES]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} wrong shape(s): {'; '.join(shapes)}")
+    if dtypes:
+        problems.append(f"non-float tensor(s): {', '.join(dtypes)}")
+    if not problems:
+        bad = [k for k, v in state_dict.items() if not torch.isfinite(v).all()]
+        if bad:
+            problems.append(f"non-finite values in: {', '.join(bad)}")
+    if problems:
+        raise CheckpointError("state_dict does not fit the model — " + " | ".join(problems))
+
+
+def load_weights_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Strict, validated load; the model is unchanged if anything does not fit."""
+    check_state_dict(model, state_dict)
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def infer_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Which official size (vit_b / vit_l / vit_h) a state_dict belongs to, from its encoder shapes."""
+    pos = state_dict.get("image_encoder.pos_embed")
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
+    if pos is not None:
+        for kind, cfg in CONFIGS.items():
+            if pos.shape[-1] == cfg.encoder_embed_dim and depth == cfg.encoder_depth:
+                return kind
+    raise CheckpointError(f"not an official SAM size (embed dim {None if pos is None else pos.shape[-1]}, depth {depth})")
+
+
+def save_safetensors(
+    path: str | Path, state_dict: Mapping[str, torch.Tensor], config: SamConfig | None = None
+) -> None:
+    """Write weights (and the config that builds them) atomically: temp file, fsync, rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {CONFIG_METADATA_KEY: config.to_json()} if config is not None else None
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def convert(src: str | Path, dst: str | Path, kind: str | None = None) -> SamConfig:
+    """Convert an official `.pth` into `.safetensors`, validated against the architecture it claims."""
+    from segany.build import build_sam
+
+    state_dict = load_state_dict(src)
+    kind = kind or infer_kind(state_dict)
+    if kind not in CONFIGS:
+        raise CheckpointError(f"unknown model kind {kind!r}; choose one of {sorted(CONFIGS)}")
+    config = CONFIGS[kind]
+    with torch.device("meta"):
+        model = build_sam(config)
+    check_state_dict(model, state_dict)
+    save_safetensors(dst, state_dict, config)
+    return config

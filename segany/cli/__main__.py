@@ -1,0 +1,5 @@
+import sys
+
+from segany.cli import main
+
+sys.exit(main())

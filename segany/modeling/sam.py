@@ -1,0 +1,95 @@
+"""The SAM wrapper: composes the three parts and owns the pixel normalisation, padding and mask
+post-processing that turn an image into model input and low-res logits back into image-sized masks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segany.modeling.image_encoder import ImageEncoderViT
+from segany.modeling.mask_decoder import MaskDecoder
+from segany.modeling.prompt_encoder import PromptEncoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, ...] | list[float] = PIXEL_MEAN,
+        pixel_std: tuple[float, ...] | list[float] = PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        # not persistent: official checkpoints do not carry them
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def image_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+        """End-to-end prediction for a list of images, each with its own prompts (official semantics).
+
+        Each dict: `image` 3×H×W already resized (long side = image_size), `original_size` (H, W), optional
+        `point_coords` B×N×2, `point_labels` B×N, `boxes` B×4, `mask_inputs` B×1×4h×4w, all in the resized
+        frame. Unlike the reference this is not wrapped in no_grad, so it can be trained; wrap calls yourself.
+        """
+        images = torch.stack([self.preprocess(x["image"]) for x in batched_input], dim=0)
+        embeddings = self.image_encoder(images)
+        outputs = []
+        for record, emb in zip(batched_input, embeddings, strict=True):
+            points = None
+            if "point_coords" in record:
+                points = (record["point_coords"], record["point_labels"])
+            sparse, dense = self.prompt_encoder(
+                points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs")
+            )
+            low_res, iou = self.mask_decoder(
+                image_embeddings=emb.unsqueeze(0),
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+            masks = self.postprocess_masks(
+                low_res, input_size=tuple(record["image"].shape[-2:]), original_size=record["original_size"]
+            )
+            outputs.append(
+                {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+            )
+        return outputs
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Low-res logits B×K×h×w → logits at the original image size: upsample to the padded input size,
+        crop the padding, resize to the original (bilinear, align_corners=False, as the reference)."""
+        s = self.image_size
+        masks = F.interpolate(masks, (s, s), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a 0–255 C×H×W (or B×C×H×W) image and zero-pad it bottom/right to image_size."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        s = self.image_size
+        return F.pad(x, (0, s - w, 0, s - h))

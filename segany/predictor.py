@@ -1,0 +1,361 @@
+"""`SamPredictor`: encode an image once, then answer any number of prompts against it.
+
+Drop-in for `segment_anything.SamPredictor` (same methods, arguments, return shapes and numbers), plus:
+several boxes in one numpy `predict` call, a batch of images in one encoder call (`embed_images`), and image
+embeddings that can be saved and loaded (`ImageEmbedding`) so an image never has to be encoded twice.
+Every prompt is validated with exceptions (not `assert`, so `python -O` behaves the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segany.modeling import Sam
+from segany.transforms import ResizeLongestSide
+
+# a prompt may sit this many pixels outside the image (e.g. clicks on the border) before it is refused
+COORD_TOLERANCE_PX = 1.0
+
+
+class PromptError(ValueError):
+    """A prompt with the wrong shape, values or position."""
+
+
+@dataclass
+class ImageEmbedding:
+    """The encoder output for one image plus what is needed to decode prompts against it."""
+
+    features: torch.Tensor  # 1 x C x h x w
+    original_size: tuple[int, int]  # (H, W) of the image as given
+    input_size: tuple[int, int]  # (H, W) after resize-longest-side, before padding
+    model_fingerprint: str
+
+    def save(self, path: str | Path) -> None:
+        """Write as safetensors (no pickle), atomically."""
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {
+            "original_size": json.dumps(list(self.original_size)),
+            "input_size": json.dumps(list(self.input_size)),
+            "model_fingerprint": self.model_fingerprint,
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"features": self.features.detach().cpu().contiguous()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImageEmbedding:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            features = f.get_tensor("features")
+        try:
+            osz = tuple(json.loads(meta["original_size"]))
+            isz = tuple(json.loads(meta["input_size"]))
+            fp = meta["model_fingerprint"]
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{path}: not a segany image embedding ({e})") from e
+        return cls(features, (int(osz[0]), int(osz[1])), (int(isz[0]), int(isz[1])), fp)
+
+
+def model_fingerprint(model: Sam) -> str:
+    """Short hash of the encoder's first and last weights: embeddings from another model are refused."""
+    enc = model.image_encoder
+    h = hashlib.sha256()
+    for t in (enc.patch_embed.proj.weight, enc.neck[2].weight):
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    h.update(str(enc.img_size).encode())
+    return h.hexdigest()[:16]
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self._fingerprint: str | None = None
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode an H×W×3 uint8 image (RGB, or BGR with image_format="BGR")."""
+        image = self._check_image(image, image_format)
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        input_image = self.transform.apply_image(np.ascontiguousarray(image))
+        tensor = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Encode an already resized 1×3×h×w image (long side = model input size)."""
+        s = self.model.image_encoder.img_size
+        if (
+            not isinstance(transformed_image, torch.Tensor)
+            or transformed_image.ndim != 4
+            or transformed_image.shape[1] != 3
+            or max(transformed_image.shape[2:]) != s
+        ):
+            shape = getattr(transformed_image, "shape", None)
+            raise ValueError(f"set_torch_image needs a B×3×H×W tensor with long side {s}, got {shape}")
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
+        input_image = self.model.preprocess(transformed_image.to(self.device, torch.float32))
+        self.features = self.model.image_encoder(input_image)
+        self.is_image_set = True
+
+    @torch.no_grad()
+    def embed_images(
+        self, images: list[np.ndarray], image_format: str = "RGB", batch_size: int = 4
+    ) -> list[ImageEmbedding]:
+        """Encode several images with batched encoder calls; use `set_embedding` to pick one."""
+        out: list[ImageEmbedding] = []
+        fp = self.fingerprint
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch, sizes = [], []
+            for image in chunk:
+                image = self._check_image(image, image_format)
+                if image_format != self.model.image_format:
+                    image = image[..., ::-1]
+                resized = self.transform.apply_image(np.ascontiguousarray(image))
+                t = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
+                batch.append(self.model.preprocess(t))
+                sizes.append((image.shape[:2], resized.shape[:2]))
+            feats = self.model.image_encoder(torch.stack(batch))
+            for f, (osz, isz) in zip(feats, sizes, strict=True):
+                out.append(ImageEmbedding(f[None], (osz[0], osz[1]), (isz[0], isz[1]), fp))
+        return out
+
+    def get_embedding(self) -> ImageEmbedding:
+        """The current image's embedding, ready to `save`."""
+        self._require_image()
+        assert self.features is not None and self.original_size is not None and self.input_size is not None
+        return ImageEmbedding(self.features, self.original_size, self.input_size, self.fingerprint)
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use a precomputed embedding instead of running the encoder."""
+        if embedding.model_fingerprint != self.fingerprint:
+            raise ValueError("this embedding was computed by a different model; re-encode the image")
+        self.reset_image()
+        self.features = embedding.features.to(self.device)
+        self.original_size = embedding.original_size
+        self.input_size = embedding.input_size
+        self.is_image_set = True
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """1×C×h×w features of the current image."""
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for prompts given in original-image pixels.
+
+        Arguments:
+          point_coords: N×2 (x, y); with K boxes also K×N×2 (points per box).
+          point_labels: N (or K×N), 1 = foreground, 0 = background.
+          box: 4 XYXY, or K×4 for K boxes at once (each box one prompt).
+          mask_input: 1×256×256 low-res logits from a previous call (K×1×256×256 with K boxes).
+        Returns:
+          masks C×H×W (bool, or float logits with return_logits), iou_predictions C, low_res_logits C×256×256,
+          with C = 3 (multimask) or 1; with K > 1 boxes each gets a leading K dimension.
+        """
+        self._require_image()
+        assert self.original_size is not None
+        H, W = self.original_size
+        coords_t = labels_t = box_t = mask_t = None
+        n_boxes = None
+        if box is not None:
+            b = _as_float_array(box, "box")
+            if b.ndim == 1:
+                b = b[None]
+            if b.ndim != 2 or b.shape[1] != 4 or b.shape[0] == 0:
+                raise PromptError(f"box must have shape (4,) or (K, 4), got {np.shape(box)}")
+            _check_boxes(b, H, W)
+            n_boxes = b.shape[0]
+            box_t = torch.as_tensor(self.transform.apply_boxes(b, (H, W)), dtype=torch.float, device=self.device)
+        if point_coords is not None or point_labels is not None:
+            if point_coords is None or point_labels is None:
+                raise PromptError("point_labels must be supplied together with point_coords")
+            c = _as_float_array(point_coords, "point_coords")
+            lab = np.asarray(point_labels)
+            if c.ndim == 2:
+                c, lab = c[None], lab[None] if lab.ndim == 1 else lab
+            _check_points(c, lab, H, W, expect_batch=n_boxes)
+            if n_boxes is not None and c.shape[0] == 1 and n_boxes > 1:
+                c = np.repeat(c, n_boxes, axis=0)
+                lab = np.repeat(lab, n_boxes, axis=0)
+            coords_t = torch.as_tensor(self.transform.apply_coords(c, (H, W)), dtype=torch.float, device=self.device)
+            labels_t = torch.as_tensor(lab.astype(np.int64), dtype=torch.int, device=self.device)
+        batch = n_boxes or (coords_t.shape[0] if coords_t is not None else 1)
+        if mask_input is not None:
+            m = _as_float_array(mask_input, "mask_input")
+            mh, mw = self.model.prompt_encoder.mask_input_size
+            if m.ndim == 3:
+                m = m[None]
+            if m.ndim != 4 or m.shape[1:] != (1, mh, mw) or m.shape[0] not in (1, batch):
+                raise PromptError(f"mask_input must have shape (1, {mh}, {mw}) (or K×1×{mh}×{mw}), got {np.shape(mask_input)}")
+            if m.shape[0] != batch:
+                m = np.repeat(m, batch, axis=0)
+            mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)
+
+        masks, iou, low_res = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+        )
+        masks_np = masks.detach().cpu().numpy()
+        iou_np = iou.detach().float().cpu().numpy()
+        low_np = low_res.detach().float().cpu().numpy()
+        if batch == 1 and (n_boxes is None or np.ndim(box) == 1 or n_boxes == 1):
+            return masks_np[0], iou_np[0], low_np[0]
+        return masks_np, iou_np, low_np
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction with prompts already in the model input frame (`transform.apply_*_torch`).
+
+        Arguments: point_coords B×N×2, point_labels B×N, boxes B×4, mask_input B×1×256×256.
+        Returns: masks B×C×H×W, iou_predictions B×C, low_res_logits B×C×256×256.
+        """
+        self._require_image()
+        assert self.features is not None and self.input_size is not None and self.original_size is not None
+        points = None
+        if point_coords is not None or point_labels is not None:
+            if point_coords is None or point_labels is None:
+                raise PromptError("point_labels must be supplied together with point_coords")
+            if point_coords.ndim != 3 or point_coords.shape[-1] != 2:
+                raise PromptError(f"point_coords must be B×N×2, got {tuple(point_coords.shape)}")
+            if point_labels.shape != point_coords.shape[:2]:
+                raise PromptError(
+                    f"point_labels must be B×N = {tuple(point_coords.shape[:2])}, got {tuple(point_labels.shape)}"
+                )
+            if not torch.isfinite(point_coords).all():
+                raise PromptError("point_coords contain NaN or inf")
+            points = (point_coords, point_labels)
+        if boxes is not None:
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise PromptError(f"boxes must be B×4, got {tuple(boxes.shape)}")
+            if not torch.isfinite(boxes).all():
+                raise PromptError("boxes contain NaN or inf")
+            if points is not None and boxes.shape[0] != point_coords.shape[0]:  # type: ignore[union-attr]
+                raise PromptError("boxes and point_coords must have the same batch size")
+        if mask_input is not None:
+            mh, mw = self.model.prompt_encoder.mask_input_size
+            if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, mh, mw):
+                raise PromptError(f"mask_input must be B×1×{mh}×{mw}, got {tuple(mask_input.shape)}")
+
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    # ------------------------------------------------------------------ checks
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    def _check_image(self, image: np.ndarray, image_format: str) -> np.ndarray:
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be H×W×3, got shape {image.shape} (use segany.images.load_image)")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8, got {image.dtype} (use segany.images.load_image)")
+        h, w = self.transform.get_preprocess_shape(image.shape[0], image.shape[1], self.transform.target_length)
+        if min(h, w) < 1:
+            raise ValueError(
+                f"image of {image.shape[1]}×{image.shape[0]} px is too elongated: it would resize to {w}×{h}"
+            )
+        return image
+
+
+def _as_float_array(x: object, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise PromptError(f"{name} must be numeric: {e}") from e
+    if not np.isfinite(a).all():
+        raise PromptError(f"{name} contains NaN or inf")
+    return a
+
+
+def _check_points(c: np.ndarray, lab: np.ndarray, H: int, W: int, expect_batch: int | None) -> None:
+    if c.ndim != 3 or c.shape[-1] != 2 or c.shape[1] == 0:
+        raise PromptError(f"point_coords must have shape (N, 2), got {c.shape[1:] if c.ndim == 3 else c.shape}")
+    if lab.shape != c.shape[:2]:
+        raise PromptError(f"point_labels must have shape {c.shape[1:2]} to match point_coords, got {lab.shape[1:]}")
+    if not np.isin(lab, (0, 1)).all():
+        raise PromptError(f"point_labels must be 0 (background) or 1 (foreground), got {np.unique(lab).tolist()}")
+    if expect_batch is not None and c.shape[0] not in (1, expect_batch):
+        raise PromptError(f"{c.shape[0]} point sets for {expect_batch} boxes")
+    t = COORD_TOLERANCE_PX
+    if (c[..., 0] < -t).any() or (c[..., 0] > W + t).any() or (c[..., 1] < -t).any() or (c[..., 1] > H + t).any():
+        raise PromptError(f"point_coords outside the {W}×{H} image: {c.reshape(-1, 2).tolist()}")
+
+
+def _check_boxes(b: np.ndarray, H: int, W: int) -> None:
+    if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+        raise PromptError(f"boxes must be XYXY with x1 >= x0 and y1 >= y0, got {b.tolist()}")
+    t = COORD_TOLERANCE_PX
+    if (b[:, [0, 2]] < -t).any() or (b[:, [0, 2]] > W + t).any() or (b[:, [1, 3]] < -t).any() or (b[:, [1, 3]] > H + t).any():
+        raise PromptError(f"boxes outside the {W}×{H} image: {b.tolist()}")

@@ -1,0 +1,91 @@
+"""Builds the official `segment_anything` model (the test oracle) for any SamConfig and gives both
+implementations the same random weights — every parameter randomised, including the rel-pos tables, which
+are zero at init and would otherwise hide relative-position bugs."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from segany.build import SamConfig, build_sam
+from segany.modeling import Sam
+
+
+def build_official(config: SamConfig) -> nn.Module:
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam as OfficialSam,
+        TwoWayTransformer,
+    )
+
+    c = config
+    grid = c.image_size // c.patch_size
+    model = OfficialSam(
+        image_encoder=ImageEncoderViT(
+            depth=c.encoder_depth,
+            embed_dim=c.encoder_embed_dim,
+            img_size=c.image_size,
+            mlp_ratio=c.encoder_mlp_ratio,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=c.encoder_num_heads,
+            patch_size=c.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=c.encoder_global_attn_indexes,
+            window_size=c.window_size,
+            out_chans=c.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(c.image_size, c.image_size),
+            mask_in_chans=c.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=c.decoder_depth,
+                embedding_dim=c.prompt_embed_dim,
+                mlp_dim=c.decoder_mlp_dim,
+                num_heads=c.decoder_num_heads,
+            ),
+            transformer_dim=c.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=c.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(c.pixel_mean),
+        pixel_std=list(c.pixel_std),
+    )
+    return model.eval()
+
+
+def randomize_(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Give every parameter and persistent buffer a random value scaled like a trained network's."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, t in model.state_dict().items():
+        if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm4.weight", "norm_final_attn.weight")) or (
+            t.ndim == 1 and "weight" in name and ("neck" in name or "output_upscaling" in name or "mask_downscaling" in name)
+        ):
+            v = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
+        elif t.ndim >= 2 and "rel_pos" not in name and "embed" not in name:
+            fan_in = t[0].numel() if t.ndim > 1 else t.numel()
+            v = torch.randn(t.shape, generator=g) / fan_in**0.5
+        else:
+            v = 0.2 * torch.randn(t.shape, generator=g)
+        sd[name] = v.to(t.dtype)
+    model.load_state_dict(sd)
+    return sd
+
+
+def twin_models(config: SamConfig, seed: int = 0) -> tuple[Sam, nn.Module]:
+    """(segany model, official model) with identical random weights."""
+    ours = build_sam(config)
+    sd = randomize_(ours, seed)
+    theirs = build_official(config)
+    theirs.load_state_dict(sd)
+    return ours, theirs
