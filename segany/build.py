@@ -44,7 +44,9 @@ class SamConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
+            )
         if self.encoder_embed_dim % self.encoder_num_heads:
             raise ValueError("encoder_num_heads must divide encoder_embed_dim")
         bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
@@ -64,7 +66,7 @@ class SamConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown SamConfig fields: {sorted(unknown)}")
-        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        clean: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**clean)
 
     @classmethod
@@ -74,10 +76,16 @@ class SamConfig:
 
 VIT_B = SamConfig()
 VIT_L = SamConfig(
-    encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=(5, 11, 17, 23)
+    encoder_embed_dim=1024,
+    encoder_depth=24,
+    encoder_num_heads=16,
+    encoder_global_attn_indexes=(5, 11, 17, 23),
 )
 VIT_H = SamConfig(
-    encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=(7, 15, 23, 31)
+    encoder_embed_dim=1280,
+    encoder_depth=32,
+    encoder_num_heads=16,
+    encoder_global_attn_indexes=(7, 15, 23, 31),
 )
 # For tests: every code path of the real model (windows with padding, global blocks, rel-pos, full prompt
 # encoder) at a cost of milliseconds. 256 px input → 16×16 embedding, windows of 7 (16 pads to 21).
@@ -195,3 +203,14 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
 }
 
 CONFIGS: dict[str, SamConfig] = {"vit_b": VIT_B, "vit_l": VIT_L, "vit_h": VIT_H, "tiny": TINY}
+
+
+def load_model(kind: str = "default", checkpoint: str | Path | None = None, device: str = "cpu") -> Sam:
+    """Registry lookup with a clear error for an unknown kind; the model is put on `device` in eval mode."""
+    if kind not in sam_model_registry:
+        raise ValueError(
+            f"unknown model kind {kind!r}; choose one of {', '.join(sorted(sam_model_registry))}"
+        )
+    if kind in ("vit_b", "vit_l", "vit_h") and checkpoint is None:
+        raise ValueError(f"--model {kind} needs --checkpoint (official weights cannot be downloaded here)")
+    return sam_model_registry[kind](checkpoint=checkpoint).to(device).eval()

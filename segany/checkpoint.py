@@ -120,7 +120,9 @@ def infer_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
         for kind, cfg in CONFIGS.items():
             if pos.shape[-1] == cfg.encoder_embed_dim and depth == cfg.encoder_depth:
                 return kind
-    raise CheckpointError(f"not an official SAM size (embed dim {None if pos is None else pos.shape[-1]}, depth {depth})")
+    raise CheckpointError(
+        f"not an official SAM size (embed dim {None if pos is None else pos.shape[-1]}, depth {depth})"
+    )
 
 
 def save_safetensors(

@@ -78,7 +78,9 @@ def model_fingerprint(model: Sam) -> str:
     """Short hash of the encoder's first and last weights: embeddings from another model are refused."""
     enc = model.image_encoder
     h = hashlib.sha256()
-    for t in (enc.patch_embed.proj.weight, enc.neck[2].weight):
+    neck_conv = enc.neck[2]
+    assert isinstance(neck_conv, torch.nn.Conv2d)
+    for t in (enc.patch_embed.proj.weight, neck_conv.weight):
         h.update(t.detach().float().cpu().numpy().tobytes())
     h.update(str(enc.img_size).encode())
     return h.hexdigest()[:16]
@@ -89,6 +91,10 @@ class SamPredictor:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self._fingerprint: str | None = None
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
         self.reset_image()
 
     # ------------------------------------------------------------------ image
@@ -177,10 +183,9 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self.is_image_set = False
-        self.features: torch.Tensor | None = None
-        self.orig_h = self.orig_w = self.input_h = self.input_w = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
+        self.features = None
+        self.original_size = None
+        self.input_size = None
 
     # ------------------------------------------------------------------ prompts
     def predict(
@@ -216,7 +221,9 @@ class SamPredictor:
                 raise PromptError(f"box must have shape (4,) or (K, 4), got {np.shape(box)}")
             _check_boxes(b, H, W)
             n_boxes = b.shape[0]
-            box_t = torch.as_tensor(self.transform.apply_boxes(b, (H, W)), dtype=torch.float, device=self.device)
+            box_t = torch.as_tensor(
+                self.transform.apply_boxes(b, (H, W)), dtype=torch.float, device=self.device
+            )
         if point_coords is not None or point_labels is not None:
             if point_coords is None or point_labels is None:
                 raise PromptError("point_labels must be supplied together with point_coords")
@@ -228,7 +235,9 @@ class SamPredictor:
             if n_boxes is not None and c.shape[0] == 1 and n_boxes > 1:
                 c = np.repeat(c, n_boxes, axis=0)
                 lab = np.repeat(lab, n_boxes, axis=0)
-            coords_t = torch.as_tensor(self.transform.apply_coords(c, (H, W)), dtype=torch.float, device=self.device)
+            coords_t = torch.as_tensor(
+                self.transform.apply_coords(c, (H, W)), dtype=torch.float, device=self.device
+            )
             labels_t = torch.as_tensor(lab.astype(np.int64), dtype=torch.int, device=self.device)
         batch = n_boxes or (coords_t.shape[0] if coords_t is not None else 1)
         if mask_input is not None:
@@ -237,7 +246,9 @@ class SamPredictor:
             if m.ndim == 3:
                 m = m[None]
             if m.ndim != 4 or m.shape[1:] != (1, mh, mw) or m.shape[0] not in (1, batch):
-                raise PromptError(f"mask_input must have shape (1, {mh}, {mw}) (or K×1×{mh}×{mw}), got {np.shape(mask_input)}")
+                raise PromptError(
+                    f"mask_input must have shape (1, {mh}, {mw}) (or K×1×{mh}×{mw}), got {np.shape(mask_input)}"
+                )
             if m.shape[0] != batch:
                 m = np.repeat(m, batch, axis=0)
             mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)
@@ -248,7 +259,7 @@ class SamPredictor:
         masks_np = masks.detach().cpu().numpy()
         iou_np = iou.detach().float().cpu().numpy()
         low_np = low_res.detach().float().cpu().numpy()
-        if batch == 1 and (n_boxes is None or np.ndim(box) == 1 or n_boxes == 1):
+        if batch == 1:
             return masks_np[0], iou_np[0], low_np[0]
         return masks_np, iou_np, low_np
 
@@ -321,7 +332,9 @@ class SamPredictor:
             raise ValueError(f"image must be H×W×3, got shape {image.shape} (use segany.images.load_image)")
         if image.dtype != np.uint8:
             raise ValueError(f"image must be uint8, got {image.dtype} (use segany.images.load_image)")
-        h, w = self.transform.get_preprocess_shape(image.shape[0], image.shape[1], self.transform.target_length)
+        h, w = self.transform.get_preprocess_shape(
+            image.shape[0], image.shape[1], self.transform.target_length
+        )
         if min(h, w) < 1:
             raise ValueError(
                 f"image of {image.shape[1]}×{image.shape[0]} px is too elongated: it would resize to {w}×{h}"
@@ -341,15 +354,26 @@ def _as_float_array(x: object, name: str) -> np.ndarray:
 
 def _check_points(c: np.ndarray, lab: np.ndarray, H: int, W: int, expect_batch: int | None) -> None:
     if c.ndim != 3 or c.shape[-1] != 2 or c.shape[1] == 0:
-        raise PromptError(f"point_coords must have shape (N, 2), got {c.shape[1:] if c.ndim == 3 else c.shape}")
+        raise PromptError(
+            f"point_coords must have shape (N, 2), got {c.shape[1:] if c.ndim == 3 else c.shape}"
+        )
     if lab.shape != c.shape[:2]:
-        raise PromptError(f"point_labels must have shape {c.shape[1:2]} to match point_coords, got {lab.shape[1:]}")
+        raise PromptError(
+            f"point_labels must have shape {c.shape[1:2]} to match point_coords, got {lab.shape[1:]}"
+        )
     if not np.isin(lab, (0, 1)).all():
-        raise PromptError(f"point_labels must be 0 (background) or 1 (foreground), got {np.unique(lab).tolist()}")
+        raise PromptError(
+            f"point_labels must be 0 (background) or 1 (foreground), got {np.unique(lab).tolist()}"
+        )
     if expect_batch is not None and c.shape[0] not in (1, expect_batch):
         raise PromptError(f"{c.shape[0]} point sets for {expect_batch} boxes")
     t = COORD_TOLERANCE_PX
-    if (c[..., 0] < -t).any() or (c[..., 0] > W + t).any() or (c[..., 1] < -t).any() or (c[..., 1] > H + t).any():
+    if (
+        (c[..., 0] < -t).any()
+        or (c[..., 0] > W + t).any()
+        or (c[..., 1] < -t).any()
+        or (c[..., 1] > H + t).any()
+    ):
         raise PromptError(f"point_coords outside the {W}×{H} image: {c.reshape(-1, 2).tolist()}")
 
 
@@ -357,5 +381,10 @@ def _check_boxes(b: np.ndarray, H: int, W: int) -> None:
     if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
         raise PromptError(f"boxes must be XYXY with x1 >= x0 and y1 >= y0, got {b.tolist()}")
     t = COORD_TOLERANCE_PX
-    if (b[:, [0, 2]] < -t).any() or (b[:, [0, 2]] > W + t).any() or (b[:, [1, 3]] < -t).any() or (b[:, [1, 3]] > H + t).any():
+    if (
+        (b[:, [0, 2]] < -t).any()
+        or (b[:, [0, 2]] > W + t).any()
+        or (b[:, [1, 3]] < -t).any()
+        or (b[:, [1, 3]] > H + t).any()
+    ):
         raise PromptError(f"boxes outside the {W}×{H} image: {b.tolist()}")

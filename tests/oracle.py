@@ -18,8 +18,10 @@ def build_official(config: SamConfig) -> nn.Module:
         ImageEncoderViT,
         MaskDecoder,
         PromptEncoder,
-        Sam as OfficialSam,
         TwoWayTransformer,
+    )
+    from segment_anything.modeling import (
+        Sam as OfficialSam,
     )
 
     c = config
@@ -68,8 +70,12 @@ def randomize_(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for name, t in model.state_dict().items():
-        if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm4.weight", "norm_final_attn.weight")) or (
-            t.ndim == 1 and "weight" in name and ("neck" in name or "output_upscaling" in name or "mask_downscaling" in name)
+        if name.endswith(
+            ("norm1.weight", "norm2.weight", "norm3.weight", "norm4.weight", "norm_final_attn.weight")
+        ) or (
+            t.ndim == 1
+            and "weight" in name
+            and ("neck" in name or "output_upscaling" in name or "mask_downscaling" in name)
         ):
             v = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
         elif t.ndim >= 2 and "rel_pos" not in name and "embed" not in name:

@@ -4,9 +4,10 @@ global attention with decomposed relative positions, and a conv neck down to the
 Layout follows the official checkpoints exactly (parameter names and shapes), so official weights load
 unchanged. Blocks work in BHWC, as in the reference, so that window partitioning is a reshape.
 
-Attention is computed with `F.scaled_dot_product_attention`; the decomposed relative-position term
-(MViTv2) enters as an additive bias built from two small tensors (per-query row and column terms), which
-gives the same numbers as the explicit `(q*scale) @ kᵀ + rel_h + rel_w` formulation up to float rounding.
+Attention uses the reference's arithmetic — `softmax((q·scale) kᵀ + rel_h + rel_w) v` — computed in blocks
+of rows so the 4096×4096 logits of a global block never exist in full (bit-identical results, less memory
+traffic). `Attention.fused = True` switches to `scaled_dot_product_attention` with the relative-position
+term as a bias: faster on some machines, equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
+        # opt-in fast path: flash attention with the rel-pos term as a bias (not bit-identical, ~1e-6)
+        self.fused = False
         if use_rel_pos:
             if input_size is None:
                 raise ValueError("input_size is required when use_rel_pos=True")
@@ -178,16 +181,65 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
         nh = self.num_heads
-        # 3 x B x heads x HW x head_dim
-        qkv = self.qkv(x).reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4)
+        # (B·heads) x HW x head_dim each
+        qkv = self.qkv(x).reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4).reshape(3, B * nh, H * W, -1)
         q, k, v = qkv.unbind(0)
-        bias = None
+        rel = None
         if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        # B x heads x HW x hd -> B x H x W x C
-        out = out.transpose(1, 2).reshape(B, H, W, -1)
+            rel = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
+        if self.fused:
+            bias = (
+                None if rel is None else (rel[0][..., None] + rel[1][..., None, :]).reshape(B, nh, H * W, -1)
+            )
+            out = F.scaled_dot_product_attention(
+                q.view(B, nh, H * W, -1),
+                k.view(B, nh, H * W, -1),
+                v.view(B, nh, H * W, -1),
+                bias,
+                scale=self.scale,
+            ).view(B * nh, H * W, -1)
+        else:
+            out = blockwise_attention(q, k, v, self.scale, rel, (H, W))
+        # (B·heads) x HW x hd -> B x H x W x C
+        out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(out)
+
+
+# Logits are computed in blocks of about this many floats, so the 4096×4096 per-head attention matrix of
+# a global block never exists in full: it is the memory traffic, not the FLOPs, that makes it slow on CPU.
+ATTN_BLOCK_ELEMS = 1 << 20
+
+
+def blockwise_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    rel: tuple[torch.Tensor, torch.Tensor] | None,
+    hw: tuple[int, int],
+) -> torch.Tensor:
+    """softmax((q·scale) kᵀ + rel_h + rel_w) v over (batch·heads) × N × d tensors, in blocks of rows.
+
+    The arithmetic is the reference's (same operations in the same order, per row), so results are
+    bit-identical to it; only the blocking differs, to keep each logit block in cache.
+    """
+    BH, N, _ = q.shape
+    H, W = hw
+    qs = q * scale
+    kt = k.transpose(1, 2)
+    out = q.new_empty(BH, N, v.shape[-1])
+    rows = max(1, min(N, ATTN_BLOCK_ELEMS // N))
+    heads = max(1, min(BH, ATTN_BLOCK_ELEMS // (rows * N)))
+    for h0 in range(0, BH, heads):
+        h1 = min(BH, h0 + heads)
+        for r0 in range(0, N, rows):
+            r1 = min(N, r0 + rows)
+            logits = torch.bmm(qs[h0:h1, r0:r1], kt[h0:h1])
+            if rel is not None:
+                lv = logits.view(h1 - h0, r1 - r0, H, W)
+                lv.add_(rel[0][h0:h1, r0:r1, :, None]).add_(rel[1][h0:h1, r0:r1, None, :])
+            torch.bmm(torch.softmax(logits, dim=-1), v[h0:h1], out=out[h0:h1, r0:r1])
+    return out
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -234,24 +286,24 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative.long()]
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos_terms(
     q: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
-) -> torch.Tensor:
-    """Additive attention bias B×heads×(qh·qw)×(kh·kw) of MViTv2's decomposed relative positions.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of MViTv2's decomposed relative-position bias for (batch·heads)×(qh·qw)×d queries:
+    rel_h (…×(qh·qw)×kh) and rel_w (…×(qh·qw)×kw), so that bias[q, (kh, kw)] = rel_h[q, kh] + rel_w[q, kw].
 
-    As in the reference, the *unscaled* query is used: bias[q, k] = q·Rh[qh, kh] + q·Rw[qw, kw].
+    As in the reference, the *unscaled* query is used.
     """
     qh, qw = q_size
     kh, kw = k_size
     Rh = get_rel_pos(qh, kh, rel_pos_h)
     Rw = get_rel_pos(qw, kw, rel_pos_w)
-    B, nh, _, dim = q.shape
-    r_q = q.reshape(B * nh, qh, qw, dim)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
-    bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-    return bias.reshape(B, nh, qh * qw, kh * kw)
+    BH, _, dim = q.shape
+    r_q = q.reshape(BH, qh, qw, dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).reshape(BH, qh * qw, kh)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).reshape(BH, qh * qw, kw)
+    return rel_h, rel_w

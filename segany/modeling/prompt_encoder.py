@@ -17,6 +17,8 @@ class PositionEmbeddingRandom(nn.Module):
     The Gaussian matrix is a persistent buffer: it is part of the checkpoint and must be loaded, not re-drawn.
     """
 
+    positional_encoding_gaussian_matrix: torch.Tensor
+
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
         if scale is None or scale <= 0.0:
@@ -85,6 +87,11 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
+    def _point_weight(self, i: int) -> torch.Tensor:
+        emb = self.point_embeddings[i]
+        assert isinstance(emb, nn.Embedding)
+        return emb.weight
+
     def get_dense_pe(self) -> torch.Tensor:
         """1×C×h×w positional encoding of the image embedding grid."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
@@ -98,15 +105,15 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         emb[labels == -1] = 0.0
         emb[labels == -1] += self.not_a_point_embed.weight
-        emb[labels == 0] += self.point_embeddings[0].weight
-        emb[labels == 1] += self.point_embeddings[1].weight
+        emb[labels == 0] += self._point_weight(0)
+        emb[labels == 1] += self._point_weight(1)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = (boxes + 0.5).reshape(-1, 2, 2)
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        emb[:, 0, :] += self.point_embeddings[2].weight
-        emb[:, 1, :] += self.point_embeddings[3].weight
+        emb[:, 0, :] += self._point_weight(2)
+        emb[:, 1, :] += self._point_weight(3)
         return emb
 
     def _get_batch_size(
@@ -138,7 +145,7 @@ class PromptEncoder(nn.Module):
           sparse B×N'×C (points, then box corners) and dense B×C×h×w embeddings.
         """
         bs = self._get_batch_size(points, boxes, masks)
-        device = self.point_embeddings[0].weight.device
+        device = self._point_weight(0).device
         sparse = torch.empty((bs, 0, self.embed_dim), device=device)
         if points is not None:
             coords, labels = points

@@ -20,6 +20,8 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class Sam(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(
         self,
@@ -45,7 +47,9 @@ class Sam(nn.Module):
     def image_size(self) -> int:
         return self.image_encoder.img_size
 
-    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+    def forward(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool
+    ) -> list[dict[str, torch.Tensor]]:
         """End-to-end prediction for a list of images, each with its own prompts (official semantics).
 
         Each dict: `image` 3×H×W already resized (long side = image_size), `original_size` (H, W), optional

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segany.modeling.common import MLPBlock
@@ -132,6 +133,8 @@ class Attention(nn.Module):
         q = self._split(self.q_proj(q))
         k = self._split(self.k_proj(k))
         v = self._split(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        # explicit softmax(q kᵀ / √c) v: the same operations as the reference, so results are bit-identical
+        attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        out = torch.softmax(attn, dim=-1) @ v
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))

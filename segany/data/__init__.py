@@ -1,0 +1,70 @@
+"""Datasets for training and evaluation: readers that yield :class:`Sample` (image + instance masks), and the
+augmentations and mixing that training applies on top.
+
+Readers (all map-style: ``len(ds)``, ``ds[i] -> Sample``; numpy only):
+
+* :class:`CocoInstances` (``coco``): COCO instances JSON via pycocotools.
+* :class:`BSDSRegions` / :class:`BSDSEdges` (``bsds``): BSDS500 regions as instances; boundary maps for the edge
+  benchmark.
+* :class:`DSB2018` (``dsb``): nuclei folders, one PNG per nucleus.
+* :class:`MaskFolder` (``folders``): ``images/`` + ``masks/`` (GrabCut, Berkeley, and your own data; the format
+  is documented in :mod:`segany.data.folders`).
+* :class:`SA1BFolder` (``mixed``) over :mod:`segany.data.sa1b` files.
+
+Training: :class:`MixedDataset`, :func:`open_source`, :class:`AugmentConfig`, :func:`augment_sample` and the single
+operations in :mod:`segany.data.augment`; :func:`drop_large_masks` (the paper's > 90 % filter).
+
+Names are imported lazily, so ``import segany.data.sa1b`` does not pay for OpenCV or pycocotools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # real types for mypy; at run time the names come from __getattr__ below
+    from segany.data.augment import AugmentConfig, augment_sample
+    from segany.data.bsds import BSDSEdges, BSDSRegions, EdgeSample
+    from segany.data.coco import CocoInstances
+    from segany.data.dsb import DSB2018
+    from segany.data.folders import MaskFolder
+    from segany.data.mixed import MixedDataset, SA1BFolder, open_source
+    from segany.data.sample import Sample, drop_large_masks
+
+_EXPORTS = {
+    "Sample": "sample",
+    "drop_large_masks": "sample",
+    "CocoInstances": "coco",
+    "BSDSRegions": "bsds",
+    "BSDSEdges": "bsds",
+    "EdgeSample": "bsds",
+    "DSB2018": "dsb",
+    "MaskFolder": "folders",
+    "AugmentConfig": "augment",
+    "augment_sample": "augment",
+    "MixedDataset": "mixed",
+    "SA1BFolder": "mixed",
+    "open_source": "mixed",
+}
+
+__all__ = [
+    "AugmentConfig",
+    "BSDSEdges",
+    "BSDSRegions",
+    "CocoInstances",
+    "DSB2018",
+    "EdgeSample",
+    "MaskFolder",
+    "MixedDataset",
+    "SA1BFolder",
+    "Sample",
+    "augment_sample",
+    "drop_large_masks",
+    "open_source",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"segany.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'segany.data' has no attribute {name!r}")
