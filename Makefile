@@ -18,7 +18,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 demo: install
-	$(BIN)/segany segment examples/dogs.jpg --point 430,260 --out out/demo
+	$(BIN)/segany segment examples/dog_cat.jpg --point 160,185 --out out/demo
 
 lint: install-dev
 	$(BIN)/ruff check segany tests benchmarks

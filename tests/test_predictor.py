@@ -1,0 +1,168 @@
+"""Bad input gets a clear exception (not an assert, so `python -O` behaves the same) and shapes follow the
+official API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segany import SamPredictor, sam_model_registry
+from segany.predictor import PromptError
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    p = SamPredictor(sam_model_registry["tiny"]())
+    rng = np.random.default_rng(0)
+    p.set_image(rng.integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    return p
+
+
+def test_predict_before_set_image():
+    p = SamPredictor(sam_model_registry["tiny"]())
+    with pytest.raises(RuntimeError, match="set_image"):
+        p.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+    with pytest.raises(RuntimeError):
+        p.get_image_embedding()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(point_coords=np.array([1.0, 2.0]), point_labels=np.array([1])), "shape"),
+        (dict(point_coords=np.array([[1.0, 2.0, 3.0]]), point_labels=np.array([1])), "shape"),
+        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([1, 1])), "point_labels"),
+        (dict(point_coords=np.array([[1.0, 2.0]])), "supplied together"),
+        (dict(point_labels=np.array([1])), "supplied together"),
+        (dict(point_coords=np.array([[np.nan, 2.0]]), point_labels=np.array([1])), "NaN"),
+        (dict(point_coords=np.array([[np.inf, 2.0]]), point_labels=np.array([1])), "NaN"),
+        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([2])), "0 .background. or 1"),
+        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([-1])), "0 .background. or 1"),
+        (dict(point_coords=np.array([[500.0, 2.0]]), point_labels=np.array([1])), "outside"),
+        (dict(point_coords=np.array([[5.0, -40.0]]), point_labels=np.array([1])), "outside"),
+        (dict(box=np.array([50, 10, 20, 40])), "x1 >= x0"),
+        (dict(box=np.array([5, 50, 20, 40])), "y1 >= y0"),
+        (dict(box=np.array([5, 5, 20])), "shape"),
+        (dict(box=np.array([5, 5, 2000, 40])), "outside"),
+        (dict(box=np.array([5, 5, np.nan, 40])), "NaN"),
+        (dict(box=np.array([5, 5, 20, 40]), mask_input=np.zeros((1, 32, 32))), "mask_input"),
+        (dict(box=np.array([5, 5, 20, 40]), mask_input=np.full((1, 64, 64), np.nan)), "NaN"),
+        (dict(point_coords=[["a", "b"]], point_labels=[1]), "numeric"),
+    ],
+)
+def test_bad_prompts(predictor, kwargs, match):
+    with pytest.raises(PromptError, match=match):
+        predictor.predict(**kwargs)
+
+
+def test_border_points_are_fine(predictor):
+    masks, iou, low = predictor.predict(
+        point_coords=np.array([[0, 0], [200, 120]]), point_labels=np.array([1, 0])
+    )
+    assert (
+        masks.shape == (3, 120, 200)
+        and masks.dtype == bool
+        and iou.shape == (3,)
+        and low.shape == (3, 64, 64)
+    )
+
+
+def test_shapes_single_and_logits(predictor):
+    m, iou, low = predictor.predict(
+        box=np.array([10, 10, 100, 100]), multimask_output=False, return_logits=True
+    )
+    assert (
+        m.shape == (1, 120, 200) and m.dtype == np.float32 and iou.shape == (1,) and low.shape == (1, 64, 64)
+    )
+
+
+@pytest.mark.parametrize(
+    "image, exc",
+    [
+        (np.zeros((10, 10), np.uint8), ValueError),
+        (np.zeros((10, 10, 4), np.uint8), ValueError),
+        (np.zeros((10, 10, 3), np.float32), ValueError),
+        (np.zeros((1, 3000, 3), np.uint8), ValueError),
+        ([[1, 2, 3]], TypeError),
+    ],
+)
+def test_bad_images(image, exc):
+    p = SamPredictor(sam_model_registry["tiny"]())
+    with pytest.raises(exc):
+        p.set_image(image)
+
+
+def test_bad_image_format():
+    p = SamPredictor(sam_model_registry["tiny"]())
+    with pytest.raises(ValueError, match="image_format"):
+        p.set_image(np.zeros((8, 8, 3), np.uint8), image_format="HSV")
+
+
+def test_validation_survives_python_O(tmp_path):
+    """Checks are exceptions, so they hold under `python -O` (which strips asserts)."""
+    code = (
+        "import numpy as np\n"
+        "from segany import SamPredictor, sam_model_registry\n"
+        "p = SamPredictor(sam_model_registry['tiny']())\n"
+        "p.set_image(np.zeros((50, 60, 3), np.uint8))\n"
+        "try:\n"
+        "    p.predict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([7]))\n"
+        "except ValueError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True)
+    assert "REFUSED" in out.stdout
+
+
+def test_segment_cli(tmp_path):
+    from segany.cli import main
+
+    img = tmp_path / "img.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "out"
+    rc = main(
+        ["segment", str(img), "--point", "30,40", "--point", "100,50,0", "--model", "tiny", "--out", str(out)]
+    )
+    assert rc == 0
+    meta = json.loads((out / "masks.json").read_text())
+    assert len(meta["masks"]) == 3
+    scores = [m["predicted_iou"] for m in meta["masks"]]
+    assert scores == sorted(scores, reverse=True)
+    from pycocotools import mask as mask_utils
+
+    for rec in meta["masks"]:
+        png = np.array(Image.open(out / rec["file"])) > 0
+        rle = {"size": rec["segmentation"]["size"], "counts": rec["segmentation"]["counts"].encode()}
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), png)
+        assert rec["area"] == int(png.sum())
+    overlay = np.array(Image.open(out / "overlay.png"))
+    assert overlay.shape == (90, 140, 3)
+    # several boxes at once, and an embedding cache that is written then reused
+    emb = tmp_path / "e.safetensors"
+    ckpt = tmp_path / "tiny.safetensors"
+    from segany.build import TINY
+    from segany.checkpoint import save_safetensors
+
+    save_safetensors(ckpt, sam_model_registry["tiny"]().state_dict(), TINY)
+    args = ["segment", str(img), "--box", "5,5,60,60", "--box", "70,10,130,80", "--single", "--model", "tiny"]
+    args += ["--checkpoint", str(ckpt)]
+    assert main([*args, "--embedding", str(emb), "--out", str(tmp_path / "o2")]) == 0
+    assert emb.exists()
+    assert main([*args, "--embedding", str(emb), "--out", str(tmp_path / "o3")]) == 0
+    a = json.loads((tmp_path / "o2" / "masks.json").read_text())["masks"]
+    b = json.loads((tmp_path / "o3" / "masks.json").read_text())["masks"]
+    assert len(a) == 2 and [r["segmentation"] for r in a] == [r["segmentation"] for r in b]
+
+
+def test_cli_rejects_bad_point(capsys):
+    from segany.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["segment", "x.png", "--point", "1,2,3,4", "--out", "o"])
+    assert "--point" in capsys.readouterr().err
