@@ -34,11 +34,11 @@ class _Bf16Encoder(nn.Module):
         self.encoder = encoder
         self.img_size = encoder.img_size  # type: ignore[has-type]
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> torch.Tensor | nn.Module:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["encoder"], name)
+            return getattr(self._modules["encoder"], name)  # type: ignore[no-any-return]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
