@@ -187,7 +187,8 @@ class Attention(nn.Module):
         rel = None
         if self.use_rel_pos:
             rel = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
-        if self.fused:
+        if self.fused or torch.is_grad_enabled():
+            # training (and the opt-in fast path): autograd-friendly fused attention with a bias
             bias = (
                 None if rel is None else (rel[0][..., None] + rel[1][..., None, :]).reshape(B, nh, H * W, -1)
             )
@@ -207,7 +208,7 @@ class Attention(nn.Module):
 
 # Logits are computed in blocks of about this many floats, so the 4096×4096 per-head attention matrix of
 # a global block never exists in full: it is the memory traffic, not the FLOPs, that makes it slow on CPU.
-ATTN_BLOCK_ELEMS = 1 << 20
+ATTN_BLOCK_ELEMS = 1 << 24
 
 
 def blockwise_attention(
@@ -230,15 +231,19 @@ def blockwise_attention(
     out = q.new_empty(BH, N, v.shape[-1])
     rows = max(1, min(N, ATTN_BLOCK_ELEMS // N))
     heads = max(1, min(BH, ATTN_BLOCK_ELEMS // (rows * N)))
+    # one logits buffer reused by every block: no fresh large allocation (and page faults) per block
+    buf = q.new_empty(heads * rows * N)
     for h0 in range(0, BH, heads):
         h1 = min(BH, h0 + heads)
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
-            logits = torch.bmm(qs[h0:h1, r0:r1], kt[h0:h1])
+            logits = buf[: (h1 - h0) * (r1 - r0) * N].view(h1 - h0, r1 - r0, N)
+            torch.bmm(qs[h0:h1, r0:r1], kt[h0:h1], out=logits)
             if rel is not None:
                 lv = logits.view(h1 - h0, r1 - r0, H, W)
                 lv.add_(rel[0][h0:h1, r0:r1, :, None]).add_(rel[1][h0:h1, r0:r1, None, :])
-            torch.bmm(torch.softmax(logits, dim=-1), v[h0:h1], out=out[h0:h1, r0:r1])
+            torch.softmax(logits, dim=-1, out=logits)
+            torch.bmm(logits, v[h0:h1], out=out[h0:h1, r0:r1])
     return out
 
 
