@@ -91,7 +91,7 @@ def _to_coco_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
         if isinstance(counts, bytes):
             counts = counts.decode("ascii")
         if not isinstance(counts, str):
-            counts = counts_to_coco_string(coco_rle_to_counts(segmentation)).decode("ascii")
+            counts = counts_to_coco_string(coco_rle_to_counts(dict(segmentation))).decode("ascii")
         return {"size": [height, width], "counts": counts}
     raise TypeError(f"unsupported segmentation type {type(segmentation).__name__}")
 
