@@ -1,0 +1,129 @@
+"""``segany eval``: the paper's zero-shot experiments on any model, with baselines, tables and plots.
+
+    segany eval points    --data DIR [DIR ...]  clicks on folder benchmarks (images/ + masks/) or COCO folders
+    segany eval edges     --data BSDS500_DIR    BSDS500 boundary benchmark (test split), with Canny
+    segany eval proposals --data COCO_DIR       mask AR@10/100/1000 of automatic proposals
+    segany eval instances --data COCO_DIR       mask AP of box-prompted masks (--detections or GT boxes)
+
+Every command writes ``<command>.md`` (table), ``<command>.json`` (all numbers, model, data, settings, segany
+version) and PNG plots into ``--out``. ``--limit N`` evaluates only the first N images of each dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from segany.cli.model_args import add_model_args
+
+KINDS = ("points", "edges", "proposals", "instances")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="zero-shot evaluation: points, edges, proposals, instances",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kind", choices=KINDS, help="which experiment")
+    p.add_argument("--data", required=True, nargs="+", help="dataset folder(s); several only for points")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images per dataset")
+    add_model_args(p)
+    p.add_argument("--max-clicks", type=int, default=20, help="points: clicks per object (20)")
+    p.add_argument("--no-grabcut", action="store_true", help="points: skip the GrabCut baseline")
+    p.add_argument("--split", default="test", help="edges: BSDS500 split (test)")
+    p.add_argument("--workers", type=int, default=1, help="edges: processes for benchmark scoring (1)")
+    p.add_argument("--annotations", default=None, help="proposals/instances: COCO file (DATA/instances.json)")
+    p.add_argument(
+        "--detections", default=None, help="instances: COCO results file of boxes (default: GT boxes)"
+    )
+    p.add_argument(
+        "--points-per-side",
+        type=int,
+        default=None,
+        help="edges/proposals: grid side (default: the paper's, 16 for edges, 64 for proposals)",
+    )
+    p.add_argument("--points-per-batch", type=int, default=64, help="proposals: generator batch size (64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from segany.cli.model_args import model_from_args
+    from segany.evaluate import edges as edge_bench
+    from segany.evaluate import report, runs
+    from segany.predictor import SamPredictor
+
+    if args.limit is not None and args.limit < 1:
+        print("segany eval: --limit must be >= 1", file=sys.stderr)
+        return 2
+    if args.kind != "points" and len(args.data) != 1:
+        print(f"segany eval {args.kind}: give exactly one --data folder", file=sys.stderr)
+        return 2
+    for d in args.data:
+        if not Path(d).is_dir():
+            print(f"segany eval: data folder not found: {d}", file=sys.stderr)
+            return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model = model_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"segany eval: cannot load the model: {e}", file=sys.stderr)
+        return 2
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    meta = report.run_metadata(args.model, args.checkpoint, args.data, settings)
+    progress = not args.no_progress
+    if args.kind == "points":
+        payload = runs.run_points(
+            SamPredictor(model),
+            args.data,
+            out,
+            meta,
+            args.limit,
+            args.max_clicks,
+            not args.no_grabcut,
+            progress,
+        )
+    elif args.kind == "edges":
+        payload = runs.run_edges(
+            SamPredictor(model),
+            args.data[0],
+            out,
+            meta,
+            args.split,
+            args.limit,
+            args.workers,
+            progress,
+            args.points_per_side or edge_bench.EDGE_POINTS_PER_SIDE,
+        )
+    elif args.kind == "proposals":
+        payload = runs.run_proposals(
+            model,
+            args.data[0],
+            out,
+            meta,
+            args.annotations,
+            args.limit,
+            args.points_per_batch,
+            progress,
+            args.points_per_side,
+        )
+    else:
+        payload = runs.run_instances(
+            SamPredictor(model),
+            args.data[0],
+            out,
+            meta,
+            args.annotations,
+            args.detections,
+            args.limit,
+            progress,
+        )
+    del payload
+    print((out / f"{args.kind}.md").read_text())
+    return 0

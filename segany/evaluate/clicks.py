@@ -1,0 +1,204 @@
+"""The click protocol of interactive segmentation benchmarks, and its metrics (paper §7.1).
+
+Every choice below is fixed so that two implementations of the protocol agree to within rounding:
+
+* **Interior-most point.** Exact Euclidean distance transform (``scipy.ndimage.distance_transform_edt``) of the
+  region, computed on the region padded by one pixel of background, so that the image border counts as a
+  boundary (an object touching the border gets its click away from the border, as on a real boundary). The click
+  is the argmax of that distance; ties go to the first pixel in row-major order (``np.argmax``). Clicks are
+  integer pixel coordinates ``(x=column, y=row)`` in the original image; the predictor adds the +0.5 pixel-centre
+  shift itself.
+* **First click** at the interior-most point of the ground-truth foreground (ignore-band pixels are not
+  foreground). It is answered with ``multimask_output=True``; the *auto-picked* mask is the one with the highest
+  predicted IoU, and the *oracle* 1-click IoU is the best ground-truth IoU of the three.
+* **Next clicks.** Error regions are computed against the mask chosen at the previous step, outside the ignore
+  band: false negatives ``gt & ~pred`` and false positives ``pred & ~gt``. The larger one by pixel count gets the
+  click (a tie goes to the false negatives, i.e. a positive click); positive on a false negative, negative on a
+  false positive. The click is the interior-most point of that *whole* error region (all its connected
+  components, padded EDT as above).
+* **Feedback.** From the second click on, all clicks so far are given, with the previous step's low-resolution
+  logits (``1x256x256``) of the chosen mask as ``mask_input``, and ``multimask_output=False``; this follows SAM's
+  own interactive use (multimask only for the ambiguous single click; the single-mask token once the prompt is
+  unambiguous).
+* **Masks** are the predictor's boolean masks, i.e. logits thresholded at 0 (``Sam.mask_threshold``).
+* **IoU** is computed outside the ignore band; an empty union counts as IoU 1.
+* **A perfect prediction ends the run**: when both error regions are empty there is nowhere to click, so the
+  remaining steps keep the current mask (and its IoU).
+* **NoC@t** is the first click count whose IoU is ``>= t``, or ``max_clicks`` (20) if never reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from scipy import ndimage
+
+DEFAULT_MAX_CLICKS = 20
+NOC_THRESHOLDS = (0.85, 0.90)
+
+
+class PointPredictor(Protocol):
+    """The part of ``SamPredictor``'s official API that the click protocol uses (image already set)."""
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Click:
+    """One simulated click: integer pixel coordinates in the original image."""
+
+    x: int
+    y: int
+    positive: bool
+
+
+@dataclass
+class InstanceResult:
+    """Outcome of the protocol on one object.
+
+    ``ious[k-1]`` is the IoU after ``k`` clicks (auto-picked mask at ``k = 1``); ``oracle_iou`` is the best of the
+    three first-click masks; ``first_mask`` is the auto-picked 1-click mask, kept for overlays (a caller may set
+    it to None to free memory).
+    """
+
+    ious: np.ndarray
+    oracle_iou: float
+    clicks: list[Click]
+    first_mask: np.ndarray | None = field(repr=False)
+
+
+def interior_point(region: np.ndarray) -> tuple[int, int] | None:
+    """Return ``(x, y)`` of the interior-most pixel of a boolean ``HxW`` region, or None if it is empty.
+
+    The region is padded with one pixel of background so that the image border acts as a boundary.
+    """
+    if region.ndim != 2:
+        raise ValueError(f"region must be 2-D, got shape {region.shape}")
+    if not region.any():
+        return None
+    dist = ndimage.distance_transform_edt(np.pad(region.astype(bool), 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """IoU of two boolean masks outside ``ignore``; an empty union gives 1.0."""
+    valid = np.ones_like(gt, dtype=bool) if ignore is None else ~ignore
+    inter = np.count_nonzero(pred & gt & valid)
+    union = np.count_nonzero((pred | gt) & valid)
+    return 1.0 if union == 0 else inter / union
+
+
+def next_click(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> Click | None:
+    """The next click for prediction ``pred`` of ``gt``, or None when there is no error left."""
+    valid = np.ones_like(gt, dtype=bool) if ignore is None else ~ignore
+    false_neg = gt & ~pred & valid
+    false_pos = pred & ~gt & valid
+    n_fn, n_fp = np.count_nonzero(false_neg), np.count_nonzero(false_pos)
+    if n_fn == 0 and n_fp == 0:
+        return None
+    positive = bool(n_fn >= n_fp)
+    point = interior_point(false_neg if positive else false_pos)
+    assert point is not None  # the chosen region is non-empty by construction
+    return Click(point[0], point[1], positive)
+
+
+def run_clicks(
+    predictor: PointPredictor,
+    gt: np.ndarray,
+    ignore: np.ndarray | None = None,
+    max_clicks: int = DEFAULT_MAX_CLICKS,
+) -> InstanceResult:
+    """Run the click protocol on one object; the predictor's image must already be set.
+
+    Arguments:
+        predictor: object with ``SamPredictor.predict``'s signature and semantics.
+        gt: ``HxW`` bool ground-truth mask (ignore-band pixels False).
+        ignore: optional ``HxW`` bool mask of pixels excluded from IoU and from error regions.
+        max_clicks: number of clicks to simulate.
+    """
+    gt = np.asarray(gt, dtype=bool)
+    if gt.ndim != 2:
+        raise ValueError(f"gt must be a 2-D mask, got shape {gt.shape}")
+    if ignore is not None:
+        ignore = np.asarray(ignore, dtype=bool)
+        if ignore.shape != gt.shape:
+            raise ValueError(f"ignore shape {ignore.shape} != gt shape {gt.shape}")
+        gt = gt & ~ignore
+    if max_clicks < 1:
+        raise ValueError("max_clicks must be >= 1")
+    first = interior_point(gt)
+    if first is None:
+        raise ValueError("ground-truth mask is empty: there is no object to click on")
+
+    clicks = [Click(first[0], first[1], True)]
+    ious = np.zeros(max_clicks, dtype=np.float64)
+    masks, scores, logits = _predict(predictor, clicks, None, multimask=True, shape=gt.shape)
+    best = int(np.argmax(scores))
+    oracle_iou = max(mask_iou(m, gt, ignore) for m in masks)
+    pred, prev_logits = masks[best], logits[best]
+    first_mask = pred
+    ious[0] = mask_iou(pred, gt, ignore)
+    for k in range(1, max_clicks):
+        click = next_click(pred, gt, ignore)
+        if click is None:  # perfect: nothing left to correct
+            ious[k:] = ious[k - 1]
+            break
+        clicks.append(click)
+        masks, _, logits = _predict(predictor, clicks, prev_logits, multimask=False, shape=gt.shape)
+        pred, prev_logits = masks[0], logits[0]
+        ious[k] = mask_iou(pred, gt, ignore)
+    return InstanceResult(ious=ious, oracle_iou=float(oracle_iou), clicks=clicks, first_mask=first_mask)
+
+
+def _predict(
+    predictor: PointPredictor,
+    clicks: list[Click],
+    prev_logits: np.ndarray | None,
+    multimask: bool,
+    shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    coords = np.array([[c.x, c.y] for c in clicks], dtype=np.float32)
+    labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
+    mask_input = None if prev_logits is None else prev_logits[None].astype(np.float32)
+    masks, scores, logits = predictor.predict(
+        point_coords=coords, point_labels=labels, mask_input=mask_input, multimask_output=multimask
+    )
+    masks = np.asarray(masks).astype(bool)
+    if masks.ndim != 3 or masks.shape[1:] != tuple(shape):
+        raise ValueError(f"predictor returned masks of shape {masks.shape}, expected Cx{shape[0]}x{shape[1]}")
+    return masks, np.asarray(scores), np.asarray(logits)
+
+
+def number_of_clicks(ious: np.ndarray, threshold: float, max_clicks: int = DEFAULT_MAX_CLICKS) -> int:
+    """NoC@threshold: first click count with IoU >= threshold, capped at ``max_clicks``."""
+    hits = np.flatnonzero(np.asarray(ious)[:max_clicks] >= threshold)
+    return int(hits[0]) + 1 if hits.size else max_clicks
+
+
+def summarize(results: list[InstanceResult], max_clicks: int = DEFAULT_MAX_CLICKS) -> dict[str, Any]:
+    """Dataset-level numbers: 1-click mIoU (auto and oracle), mIoU@k curve, NoC@85/90."""
+    if not results:
+        raise ValueError("no results to summarize")
+    ious = np.stack([r.ious[:max_clicks] for r in results])
+    summary: dict[str, Any] = {
+        "num_instances": len(results),
+        "miou_1_auto": float(ious[:, 0].mean()),
+        "miou_1_oracle": float(np.mean([r.oracle_iou for r in results])),
+        "miou_at_k": [float(v) for v in ious.mean(axis=0)],
+    }
+    for t in NOC_THRESHOLDS:
+        summary[f"noc_{round(t * 100)}"] = float(
+            np.mean([number_of_clicks(r.ious, t, max_clicks) for r in results])
+        )
+    return summary

@@ -1,0 +1,447 @@
+"""The four evaluations end to end: read data, run the model and baselines, write table, JSON and plots.
+
+Each ``run_*`` writes ``<name>.md``, ``<name>.json`` and PNG plots into ``out`` and returns the JSON payload.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from segany.evaluate import clicks as click_protocol
+from segany.evaluate import edges as edge_bench
+from segany.evaluate import instances as inst
+from segany.evaluate import proposals as props
+from segany.evaluate import report
+from segany.evaluate.baselines import canny_soft_edges, grabcut_from_box, mask_box
+
+T = TypeVar("T")
+N_EXAMPLES = 3
+
+
+def _progress(items: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def open_point_dataset(path: str | Path) -> Any:
+    """A folder benchmark (``images/`` + ``masks/``) or a COCO folder (``instances.json`` + ``images/``)."""
+    from segany.data.coco import CocoInstances
+    from segany.data.folders import MaskFolder
+
+    root = Path(path)
+    if (root / "instances.json").is_file():
+        return CocoInstances(root, for_training=False)
+    return MaskFolder(root)
+
+
+# ---------------------------------------------------------------------------------------------------- points
+
+
+def run_points(
+    predictor: Any,
+    datasets: Sequence[str | Path],
+    out: Path,
+    meta: dict[str, Any],
+    limit: int | None = None,
+    max_clicks: int = click_protocol.DEFAULT_MAX_CLICKS,
+    grabcut: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Click protocol (``segany.evaluate.clicks``) on each dataset, with GrabCut-from-box alongside."""
+    per_dataset: dict[str, Any] = {}
+    for path in datasets:
+        name = Path(path).name
+        ds = open_point_dataset(path)
+        n = len(ds) if limit is None else min(limit, len(ds))
+        results: list[click_protocol.InstanceResult] = []
+        grabcut_ious: list[float] = []
+        cases: list[dict[str, Any]] = []
+        skipped = 0
+        t0 = time.perf_counter()
+        model_s = grabcut_s = 0.0
+        for i in _progress(range(n), n, f"points {name}", progress):
+            sample = ds[i]
+            if len(sample.masks) == 0:
+                continue
+            t = time.perf_counter()
+            predictor.set_image(sample.image)
+            model_s += time.perf_counter() - t
+            for j in range(len(sample.masks)):
+                gt = sample.masks[j]
+                ignore = None if sample.ignore is None else sample.ignore[j]
+                if not gt.any():
+                    skipped += 1
+                    continue
+                t = time.perf_counter()
+                res = click_protocol.run_clicks(predictor, gt, ignore, max_clicks)
+                model_s += time.perf_counter() - t
+                results.append(res)
+                cases.append(
+                    {
+                        "source": f"{sample.source}#{j}",
+                        "iou": float(res.ious[0]),
+                        "index": (i, j),
+                        "res": res,
+                        "mask": res.first_mask,
+                    }
+                )
+                res.first_mask = None  # only the best and worst cases keep their mask (memory on big sets)
+                _keep_extreme_masks(cases)
+                if grabcut:
+                    t = time.perf_counter()
+                    gc = grabcut_from_box(sample.image, mask_box(gt))
+                    grabcut_s += time.perf_counter() - t
+                    grabcut_ious.append(click_protocol.mask_iou(gc, gt, ignore))
+        if not results:
+            raise ValueError(f"{path}: no objects to evaluate")
+        summary = click_protocol.summarize(results, max_clicks)
+        summary.update(
+            num_images=n,
+            skipped_empty_masks=skipped,
+            seconds_total=time.perf_counter() - t0,
+            seconds_model=model_s,
+            seconds_per_instance_model=model_s / len(results),
+        )
+        if grabcut:
+            summary.update(grabcut_miou=float(np.mean(grabcut_ious)), seconds_grabcut=grabcut_s)
+        summary["per_object"] = [
+            {
+                "object": c["source"],
+                "ious": [round(float(v), 6) for v in c["res"].ious],
+                "oracle_iou_1": round(c["res"].oracle_iou, 6),
+                "clicks": [[k.x, k.y, int(k.positive)] for k in c["res"].clicks],
+                **({"grabcut_iou": round(grabcut_ious[n], 6)} if grabcut else {}),
+            }
+            for n, c in enumerate(cases)
+        ]
+        per_dataset[name] = summary
+        _click_overlays(ds, cases, out / f"points_{name}_examples.png", name)
+
+    payload = {"meta": meta, "protocol": _click_protocol_settings(max_clicks), "datasets": per_dataset}
+    report.write_json(out / "points.json", payload)
+    rows = []
+    for name, s in per_dataset.items():
+        at = s["miou_at_k"]
+        rows.append(
+            [name, s["num_instances"], s["miou_1_auto"], s["miou_1_oracle"]]
+            + [at[k - 1] if k <= len(at) else float("nan") for k in (2, 3, 5, 9, 20)]
+            + [s["noc_85"], s["noc_90"], s.get("grabcut_miou", float("nan")), s["seconds_per_instance_model"]]
+        )
+    headers = ["dataset", "objects", "mIoU@1 auto", "mIoU@1 oracle", "@2", "@3", "@5", "@9", "@20"]
+    headers += ["NoC@85", "NoC@90", "GrabCut (box)", "s/object"]
+    md = "# Point-to-mask evaluation\n\n" + _meta_lines(meta) + report.markdown_table(headers, rows)
+    md += (
+        "\nPlots: `points_miou_curve.png`, `points_<dataset>_examples.png` (worst and best 1-click cases).\n"
+    )
+    (out / "points.md").write_text(md)
+    report.plot_click_curves(
+        {k: v["miou_at_k"] for k, v in per_dataset.items()},
+        {k: v["grabcut_miou"] for k, v in per_dataset.items() if "grabcut_miou" in v},
+        out / "points_miou_curve.png",
+    )
+    return payload
+
+
+def _click_protocol_settings(max_clicks: int) -> dict[str, Any]:
+    return {
+        "max_clicks": max_clicks,
+        "noc_thresholds": list(click_protocol.NOC_THRESHOLDS),
+        "first_click": "argmax of exact EDT of the GT (1-px background padding), multimask, auto = max predicted IoU",
+        "next_clicks": "argmax EDT of the larger (pixel count) error region, FN on ties; single-mask output; "
+        "previous low-res logits as mask_input",
+        "ignore_band": "excluded from IoU and error regions",
+        "grabcut": "cv2.grabCut, 5 iterations, GC_INIT_WITH_RECT, tight inclusive GT box",
+    }
+
+
+def _extremes(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ranked = sorted(cases, key=lambda c: c["iou"])
+    return ranked[:N_EXAMPLES] + ranked[-N_EXAMPLES:] if len(ranked) > 2 * N_EXAMPLES else ranked
+
+
+def _keep_extreme_masks(cases: list[dict[str, Any]]) -> None:
+    keep = {id(c) for c in _extremes(cases)}
+    for c in cases:
+        if id(c) not in keep:
+            c["mask"] = None
+
+
+def _click_overlays(ds: Any, cases: list[dict[str, Any]], path: Path, name: str) -> None:
+    chosen = _extremes(cases)
+    shown = []
+    for c in chosen:
+        i, j = c["index"]
+        sample = ds[i]
+        click = c["res"].clicks[0]
+        shown.append(
+            {
+                "image": sample.image,
+                "mask": c["mask"],
+                "gt": sample.masks[j],
+                "clicks": [(click.x, click.y, True)],
+                "label": f"{c['source']}  IoU@1 {c['iou']:.2f}",
+            }
+        )
+    report.plot_overlays(
+        shown, path, f"{name}: worst and best single-click masks (blue), GT outline (yellow)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- edges
+
+
+def _score_edges(job: tuple[np.ndarray, np.ndarray]) -> edge_bench.EdgeCounts:
+    edge, gts = job
+    return edge_bench.evaluate_edge_image(edge, list(gts))
+
+
+def _parallel_map(fn: Callable[[Any], T], jobs: list[Any], workers: int) -> list[T]:
+    if workers <= 1:
+        return [fn(j) for j in jobs]
+    import multiprocessing
+
+    # spawn, not fork: the parent holds torch (maybe CUDA) state that forked children must not inherit
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def run_edges(
+    predictor: Any,
+    root: str | Path,
+    out: Path,
+    meta: dict[str, Any],
+    split: str = "test",
+    limit: int | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    points_per_side: int = edge_bench.EDGE_POINTS_PER_SIDE,
+) -> dict[str, Any]:
+    """SAM edge maps and Canny on BSDS500 ``split``, both scored with the BSDS benchmark."""
+    from segany.data.bsds import BSDSEdges
+
+    ds = BSDSEdges(root, split=split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    model_counts: list[edge_bench.EdgeCounts] = []
+    canny_counts: list[edge_bench.EdgeCounts] = []
+    examples: list[dict[str, Any]] = []
+    model_s = score_s = 0.0
+    chunk = max(1, workers) * 4  # score in chunks so memory stays bounded on the full split
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    for i in _progress(range(n), n, "edges", progress):
+        sample = ds[i]
+        t = time.perf_counter()
+        edge = edge_bench.sam_edge_map(predictor, sample.image, points_per_side=points_per_side)
+        model_s += time.perf_counter() - t
+        canny = canny_soft_edges(sample.image)
+        pending += [(edge, sample.boundaries), (canny, sample.boundaries)]
+        if len(examples) < N_EXAMPLES:
+            gt = sample.boundaries.mean(axis=0)
+            examples.append(
+                {"image": sample.image, "model": edge, "canny": canny, "gt": gt, "label": sample.image_id}
+            )
+        if len(pending) >= 2 * chunk or i == n - 1:
+            t = time.perf_counter()
+            scored = _parallel_map(_score_edges, pending, workers)
+            score_s += time.perf_counter() - t
+            model_counts += scored[0::2]
+            canny_counts += scored[1::2]
+            pending = []
+    results = {
+        "model": edge_bench.summarize_edges(model_counts),
+        "canny": edge_bench.summarize_edges(canny_counts),
+    }
+    payload: dict[str, Any] = {
+        "meta": meta,
+        "protocol": {
+            "split": split,
+            "num_images": n,
+            "thresholds": edge_bench.NUM_THRESHOLDS,
+            "max_dist": edge_bench.MAX_DIST,
+            "model_edges": f"{points_per_side}x{points_per_side} grid, 3 masks each, "
+            f"no IoU/stability filter, box NMS {edge_bench.EDGE_NMS_THRESH}, Sobel on sigmoid(logits), "
+            "outer boundary only, max, normalise, edge NMS",
+            "canny": "soft map from cv2.Canny over 64 thresholds, Gaussian sigma 2",
+            "seconds_model_per_image": model_s / max(n, 1),
+            "seconds_scoring": score_s,
+        },
+        "results": results,
+    }
+    report.write_json(out / "edges.json", payload)
+    rows = [[k, v["ods"], v["ois"], v["ap"], v["r50"]] for k, v in results.items()]
+    md = "# Edge detection (BSDS500 " + split + ")\n\n" + _meta_lines(meta)
+    md += report.markdown_table(["method", "ODS", "OIS", "AP", "R50"], rows)
+    md += f"\n{n} images; model {model_s / max(n, 1):.2f} s/image; scoring {score_s:.1f} s total.\n"
+    md += "Plots: `edges_pr.png`, `edges_examples.png`.\n"
+    (out / "edges.md").write_text(md)
+    report.plot_pr_curves(results, out / "edges_pr.png")
+    report.plot_edge_examples(examples, out / "edges_examples.png")
+    return payload
+
+
+# ------------------------------------------------------------------------------------------ proposals / AP
+
+
+def _coco(root: str | Path, annotations: str | None) -> tuple[Any, Path]:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    root = Path(root)
+    ann = Path(annotations) if annotations else root / "instances.json"
+    if not ann.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {ann}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(ann))
+    return coco, root / "images"
+
+
+def _coco_image_ids(coco: Any, limit: int | None) -> list[int]:
+    ids = [i for i in sorted(coco.getImgIds()) if coco.imgToAnns.get(i)]
+    return ids if limit is None else ids[:limit]
+
+
+def run_proposals(
+    model: Any,
+    root: str | Path,
+    out: Path,
+    meta: dict[str, Any],
+    annotations: str | None = None,
+    limit: int | None = None,
+    points_per_batch: int = 64,
+    progress: bool = True,
+    points_per_side: int | None = None,
+) -> dict[str, Any]:
+    """Mask AR@10/100/1000 of the automatic generator's proposals (paper settings; ``points_per_side``
+    overrides the 64x64 grid, e.g. for quick checks)."""
+    from segany.automatic import SamAutomaticMaskGenerator
+    from segany.images import load_image
+
+    coco, image_dir = _coco(root, annotations)
+    ids = _coco_image_ids(coco, limit)
+    settings = dict(props.PROPOSAL_GENERATOR_SETTINGS)
+    if points_per_side is not None:
+        settings["points_per_side"] = points_per_side
+    generator = SamAutomaticMaskGenerator(model, points_per_batch=points_per_batch, **settings)
+    category = int(sorted(coco.getCatIds())[0]) if coco.getCatIds() else 1
+    results: list[dict[str, Any]] = []
+    n_masks = []
+    t0 = time.perf_counter()
+    for image_id in _progress(ids, len(ids), "proposals", progress):
+        image = load_image(image_dir / coco.imgs[image_id]["file_name"])
+        ranked = props.rank_proposals(generator.generate(image))
+        n_masks.append(len(ranked))
+        results += props.proposal_results(image_id, ranked, category)
+    seconds = time.perf_counter() - t0
+    metrics = props.evaluate_proposals(coco, results, ids)
+    gt_metrics = props.evaluate_proposals(coco, _gt_as_results(coco, ids), ids)
+    payload: dict[str, Any] = {
+        "meta": meta,
+        "protocol": {
+            "generator": settings,
+            "max_proposals": props.MAX_PROPOSALS,
+            "ranking": "mean of predicted IoU and stability score",
+            "cocoeval": {"iouType": "segm", "useCats": 0, "maxDets": props.AR_MAX_DETS},
+        },
+        "num_images": len(ids),
+        "mean_proposals_per_image": float(np.mean(n_masks)) if n_masks else 0.0,
+        "seconds_per_image": seconds / max(len(ids), 1),
+        "results": {"model": metrics, "ground_truth_masks (sanity)": gt_metrics},
+    }
+    report.write_json(out / "proposals.json", payload)
+    keys = list(metrics)
+    rows = [[k] + [v[m] for m in keys] for k, v in payload["results"].items()]
+    md = "# Object proposals (mask AR)\n\n" + _meta_lines(meta)
+    md += report.markdown_table(
+        ["masks", "AR@10", "AR@100", "AR@1000", "AR_S@1000", "AR_M@1000", "AR_L@1000"], rows
+    )
+    md += f"\n{len(ids)} images; {payload['mean_proposals_per_image']:.0f} proposals/image; "
+    md += f"{payload['seconds_per_image']:.2f} s/image.\n"
+    (out / "proposals.md").write_text(md)
+    return payload
+
+
+def _gt_as_results(coco: Any, ids: list[int]) -> list[dict[str, Any]]:
+    out = []
+    for i in ids:
+        for a in coco.imgToAnns.get(i, []):
+            if a.get("iscrowd", 0):
+                continue
+            rle = coco.annToRLE(a)
+            if isinstance(rle["counts"], bytes):
+                rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            out.append({"image_id": i, "category_id": a["category_id"], "segmentation": rle, "score": 1.0})
+    return out
+
+
+def run_instances(
+    predictor: Any,
+    root: str | Path,
+    out: Path,
+    meta: dict[str, Any],
+    annotations: str | None = None,
+    detections: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mask AP of SAM prompted with detection (or ground-truth) boxes, one refinement round."""
+    from segany.images import load_image
+
+    coco, image_dir = _coco(root, annotations)
+    ids = _coco_image_ids(coco, limit)
+    grouped = None
+    if detections is not None:
+        data = json.loads(Path(detections).read_text())
+        if not isinstance(data, list):
+            raise ValueError(f"{detections}: expected a COCO results list")
+        grouped = inst.group_detections(data)
+    results: list[dict[str, Any]] = []
+    n_boxes = 0
+    t0 = time.perf_counter()
+    for image_id in _progress(ids, len(ids), "instances", progress):
+        boxes, cats, scores = inst.boxes_for_image(coco, image_id, grouped)
+        if len(boxes) == 0:
+            continue
+        predictor.set_image(load_image(image_dir / coco.imgs[image_id]["file_name"]))
+        masks = inst.masks_from_boxes(predictor, boxes)
+        results += inst.instance_results(image_id, masks, cats, scores)
+        n_boxes += len(boxes)
+    seconds = time.perf_counter() - t0
+    metrics = inst.evaluate_instances(coco, results, ids)
+    payload: dict[str, Any] = {
+        "meta": meta,
+        "protocol": {
+            "boxes": detections or "ground-truth boxes (non-crowd), score 1",
+            "prompting": "box, multimask, most confident mask's logits + box fed back once, single-mask output",
+            "cocoeval": {"iouType": "segm"},
+        },
+        "num_images": len(ids),
+        "num_boxes": n_boxes,
+        "seconds_per_image": seconds / max(len(ids), 1),
+        "results": metrics,
+    }
+    report.write_json(out / "instances.json", payload)
+    md = "# Instance segmentation from boxes (mask AP)\n\n" + _meta_lines(meta)
+    md += report.markdown_table(
+        ["boxes", "AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"],
+        [[Path(detections).name if detections else "ground truth"] + list(metrics.values())],
+    )
+    md += f"\n{len(ids)} images, {n_boxes} boxes; {payload['seconds_per_image']:.2f} s/image.\n"
+    (out / "instances.md").write_text(md)
+    return payload
+
+
+def _meta_lines(meta: dict[str, Any]) -> str:
+    ckpt = meta.get("checkpoint") or "built-in weights"
+    return (
+        f"Model `{meta.get('model')}` ({ckpt}), data {', '.join(f'`{d}`' for d in meta.get('data', []))}, "
+        f"segany {meta.get('segany_version')}, {meta.get('created_utc')}.\n\n"
+    )

@@ -1,0 +1,117 @@
+"""`segany eval` end to end on the tiny model (random weights) and tiny datasets: files written, numbers sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_evaluate_coco import write_coco
+
+from segany.cli import main
+
+H, W = 48, 64
+
+
+def write_folder_benchmark(root: Path) -> Path:
+    """GrabCut-like folder: images of mixed extensions, masks 0 / 128 (ignore band) / 255."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for stem, ext in (("a", ".jpg"), ("b", ".BMP")):
+        Image.fromarray(rng.integers(0, 255, (H, W, 3)).astype(np.uint8)).save(
+            root / "images" / f"{stem}{ext}"
+        )
+        m = np.zeros((H, W), np.uint8)
+        m[8:30, 10:40] = 128
+        m[10:28, 12:38] = 255
+        Image.fromarray(m).save(root / "masks" / f"{stem}.png")
+    return root
+
+
+def write_bsds(root: Path) -> Path:
+    images = root / "images" / "test"
+    images.mkdir(parents=True)
+    gt = root / "groundtruth_png" / "test"
+    (gt / "boundaries").mkdir(parents=True)
+    (gt / "segmentation").mkdir(parents=True)
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:, 30:] = 220
+    Image.fromarray(img).save(images / "1.jpg")
+    for k, col in enumerate((29, 29)):  # Canny puts this step edge at column 29
+        seg = np.ones((H, W), np.uint16)
+        seg[:, col + 1 :] = 2
+        b = np.zeros((H, W), np.uint8)
+        b[:, col] = 255
+        Image.fromarray(seg).save(gt / "segmentation" / f"1_{k}.png")
+        Image.fromarray(b).save(gt / "boundaries" / f"1_{k}.png")
+    (root / "overlap_with_interactive_benchmarks.txt").write_text("")
+    return root
+
+
+def _run(*argv: str) -> int:
+    return main(["eval", *argv, "--model", "tiny", "--no-progress"])
+
+
+def test_eval_points_end_to_end(tmp_path, capsys):
+    data = write_folder_benchmark(tmp_path / "bench")
+    out = tmp_path / "out"
+    assert _run("points", "--data", str(data), "--out", str(out), "--limit", "1", "--max-clicks", "3") == 0
+    payload = json.loads((out / "points.json").read_text())
+    s = payload["datasets"]["bench"]
+    assert s["num_images"] == 1 and s["num_instances"] == 1 and len(s["miou_at_k"]) == 3
+    assert 0 <= s["miou_1_auto"] <= s["miou_1_oracle"] <= 1
+    assert 1 <= s["noc_85"] <= 3 and 0 <= s["grabcut_miou"] <= 1
+    assert payload["meta"]["model"] == "tiny" and payload["meta"]["segany_version"]
+    for name in ("points.md", "points_miou_curve.png", "points_bench_examples.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| bench | 1 |" in capsys.readouterr().out
+
+
+def test_eval_edges_end_to_end(tmp_path):
+    data = write_bsds(tmp_path / "bsds")
+    out = tmp_path / "out"
+    assert _run("edges", "--data", str(data), "--out", str(out), "--points-per-side", "2") == 0
+    payload = json.loads((out / "edges.json").read_text())
+    canny = payload["results"]["canny"]
+    assert canny["ods"] > 0.9  # a clean step edge, drawn at its place by both annotators
+    assert 0 <= payload["results"]["model"]["ods"] <= 1
+    assert (out / "edges_pr.png").stat().st_size > 0 and (out / "edges_examples.png").stat().st_size > 0
+
+
+def test_eval_proposals_and_instances_end_to_end(tmp_path):
+    write_coco(tmp_path / "coco")
+    out = tmp_path / "out"
+    data = str(tmp_path / "coco")
+    assert _run("proposals", "--data", data, "--out", str(out), "--limit", "1", "--points-per-side", "2") == 0
+    payload = json.loads((out / "proposals.json").read_text())
+    assert payload["num_images"] == 1 and payload["protocol"]["generator"]["box_nms_thresh"] == 0.9
+    assert payload["results"]["ground_truth_masks (sanity)"]["ar_1000"] == pytest.approx(1.0)
+    assert 0 <= payload["results"]["model"]["ar_1000"] <= 1
+
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 2, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9}]))
+    assert _run("instances", "--data", data, "--out", str(out), "--detections", str(dets)) == 0
+    payload = json.loads((out / "instances.json").read_text())
+    assert payload["num_boxes"] == 1 and payload["num_images"] == 2
+    assert 0 <= payload["results"]["ap"] <= 1 and (out / "instances.md").is_file()
+
+
+def test_eval_usage_errors(tmp_path, capsys):
+    assert _run("edges", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")) == 2
+    assert _run("points", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--limit", "0") == 2
+    assert "--limit" in capsys.readouterr().err
+
+
+def test_only_best_and_worst_cases_keep_their_masks():
+    from segany.evaluate.runs import _extremes, _keep_extreme_masks
+
+    cases = []
+    for k, iou in enumerate([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.6]):
+        cases.append({"iou": iou, "mask": np.full((2, 2), k)})
+        _keep_extreme_masks(cases)
+    kept = sorted(c["iou"] for c in cases if c["mask"] is not None)
+    assert kept == [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
+    assert [c["iou"] for c in _extremes(cases)] == [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
