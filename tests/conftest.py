@@ -6,7 +6,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one thread per pytest worker (`-n 2` uses both cores); extra threads only spin when cores are shared
+torch.set_num_threads(1)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -198,7 +198,7 @@ class Attention(nn.Module):
                 v.view(B, nh, H * W, -1),
                 bias,
                 scale=self.scale,
-            ).view(B * nh, H * W, -1)
+            ).reshape(B * nh, H * W, -1)
         else:
             out = blockwise_attention(q, k, v, self.scale, rel, (H, W))
         # (B·heads) x HW x hd -> B x H x W x C

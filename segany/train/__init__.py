@@ -1,0 +1,1 @@
+"""Training SAM the way the paper describes: losses, simulated interactive prompts, MAE pretraining, trainer."""

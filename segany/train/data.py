@@ -1,0 +1,170 @@
+"""From `segany.data`'s mixed, augmented stream of `Sample`s to training batches, deterministically by step.
+
+* `open_sources` opens the configured folders with `segany.data.open_source` (or a pack from
+  `segany.train.cache`), refusing the evaluation-only benchmarks.
+* `TrainItems` turns a position of the run's item stream into one augmented image in the model's input frame
+  with up to ``masks_per_image`` ground-truth masks. The stream is a `MixedDataset` of length steps x batch: item
+  ``s * B + j`` is step ``s``'s j-th image, a pure function of ``(seed, s * B + j)``, the same in every worker and
+  after every restart — which is what makes resume after a kill exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segany.data.mixed import EVAL_ONLY_FOLDERS, MixedDataset, SampleSource
+from segany.data.mixed import open_source as open_folder
+
+
+@dataclass
+class SourceConfig:
+    """One training source: a dataset folder (layout auto-detected) or a pack file, relative to the data root.
+
+    ``weight`` is a per-image sampling factor (the paper oversamples its manual masks 10x): a source is drawn
+    with probability proportional to ``weight * len(source)``.
+    """
+
+    root: str
+    kind: str = "auto"  # auto | pack
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "pack"):
+            raise ValueError(f"source kind must be auto or pack, got {self.kind!r}")
+        if self.weight <= 0:
+            raise ValueError(f"source weight must be > 0, got {self.weight}")
+
+
+def _check_not_evaluation(path: Path) -> None:
+    bad = [p for p in path.resolve().parts if p.lower() in EVAL_ONLY_FOLDERS]
+    if bad:
+        raise ValueError(f"{path}: {bad[0]} is evaluation-only data and must not be used for training")
+
+
+def open_sources(sources: Sequence[SourceConfig], data_root: str | Path) -> list[SampleSource]:
+    """The readers of the configured sources (BSDS readers leave out the benchmark-overlap ids)."""
+    if not sources:
+        raise ValueError("no data sources configured (data.sources)")
+    out: list[SampleSource] = []
+    for src in sources:
+        root = Path(src.root) if Path(src.root).is_absolute() else Path(data_root) / src.root
+        _check_not_evaluation(root)
+        if src.kind == "pack":
+            from segany.train.cache import PackedSamples
+
+            out.append(PackedSamples(root))
+        else:
+            out.append(open_folder(root, for_training=True))
+    return out
+
+
+def mixed_stream(
+    sources: Sequence[SampleSource],
+    weights: Sequence[float],
+    length: int,
+    augment_cfg: object,
+    max_mask_fraction: float,
+    seed: int,
+) -> MixedDataset:
+    sizes = [len(s) for s in sources]
+    return MixedDataset(
+        sources,
+        weights=[w * n for w, n in zip(weights, sizes, strict=True)],
+        length=length,
+        augment_cfg=augment_cfg,  # type: ignore[arg-type]
+        max_mask_fraction=max_mask_fraction,
+        seed=seed,
+    )
+
+
+@dataclass
+class Item:
+    """One training image: ``image`` uint8 ``[3, S, S]`` (padded with SAM's mean colour), ``masks`` bool
+    ``[M, S, S]`` (``1 <= M <= masks_per_image``), ``source`` for logs."""
+
+    image: torch.Tensor
+    masks: torch.Tensor
+    source: str
+
+    def pin_memory(self) -> Item:
+        """Called by the DataLoader (``pin_memory=True``) so that host-to-GPU copies can be asynchronous."""
+        return Item(self.image.pin_memory(), self.masks.pin_memory(), self.source)
+
+
+def worker_init(worker_id: int) -> None:
+    """One thread per data-loader worker: many workers x many OpenCV/torch threads only fight over cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def collate_items(items: list[Item]) -> list[Item]:
+    """Images keep their own number of masks, so a batch stays a list."""
+    return items
+
+
+class TrainItems(torch.utils.data.Dataset):
+    """``[position] -> Item``: the stream's augmented sample, its usable masks, up to ``masks_per_image``."""
+
+    def __init__(
+        self, stream: MixedDataset, masks_per_image: int, min_mask_pixels: int = 16, loss_stride: int = 1
+    ) -> None:
+        self.stream = stream
+        self.masks_per_image = masks_per_image
+        self.min_mask_pixels = min_mask_pixels
+        self.loss_stride = loss_stride
+
+    def _usable(self, masks: np.ndarray) -> np.ndarray:
+        """Masks with enough pixels that still exist at the loss resolution (area-downsampled by
+        ``loss_stride``, > 0.5): a mask that vanishes there would be scored as an empty target."""
+        keep = masks.reshape(len(masks), -1).sum(1) >= self.min_mask_pixels
+        f = self.loss_stride
+        if f > 1 and keep.any():
+            m, h, w = masks.shape
+            if h % f == 0 and w % f == 0:
+                frac = masks[keep].reshape(-1, h // f, f, w // f, f).mean(axis=(2, 4))
+                keep[np.flatnonzero(keep)] = (frac > 0.5).reshape(len(frac), -1).any(1)
+        return keep
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitem__(self, index: int) -> Item:
+        n = len(self.stream)
+        for k in range(20):  # a crop can leave no usable mask: take another position, deterministically
+            out = self.stream[(index + k * 7919) % n]
+            if len(out.masks):
+                out = out.select(self._usable(out.masks))
+            if len(out.masks):
+                break
+        else:
+            raise RuntimeError("20 items in a row had no usable mask; check the data and the augmentation")
+        rng = np.random.default_rng([self.stream.seed, index, 1])
+        m = len(out.masks)
+        pick = np.sort(rng.choice(m, size=min(m, self.masks_per_image), replace=False))
+        return Item(
+            image=torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1))),
+            masks=torch.from_numpy(np.ascontiguousarray(out.masks[pick])),
+            source=out.source,
+        )
+
+
+class StepBatches(torch.utils.data.Sampler[list[int]]):
+    """Stream positions of steps ``start .. total - 1``: step ``s`` is ``[s*B, ..., s*B + B - 1]``."""
+
+    def __init__(self, batch_size: int, start: int, total: int) -> None:
+        super().__init__()
+        self.b, self.start, self.total = batch_size, start, total
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.total):
+            yield list(range(step * self.b, (step + 1) * self.b))
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)

@@ -1,0 +1,192 @@
+"""Properties of the simulated interactive prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segany.build import TINY, build_sam
+from segany.train.prompts import (
+    jitter_boxes,
+    masks_to_boxes,
+    noisy_boxes,
+    round_schedule,
+    sample_error_points,
+    sample_foreground_points,
+    simulate_interactive,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: with 2 threads on a shared 2-core machine, spinning threads cost 20x the work itself
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _blobs(n: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = torch.rand(n, 2, generator=g) * size * 0.6 + size * 0.2
+    r = torch.rand(n, generator=g) * size * 0.2 + 3
+    return ((xx - c[:, 0, None, None]) ** 2 + (yy - c[:, 1, None, None]) ** 2) < r[:, None, None] ** 2
+
+
+def test_foreground_points_inside_masks() -> None:
+    gt = _blobs(32, 64, 0)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        p = sample_foreground_points(gt, g)
+        assert gt[torch.arange(32), p[:, 1], p[:, 0]].all()
+
+
+def test_foreground_points_are_uniform() -> None:
+    gt = torch.zeros(1, 4, 4, dtype=torch.bool)
+    gt[0, 1, 1] = gt[0, 2, 3] = True
+    g = torch.Generator().manual_seed(0)
+    hits = torch.stack([sample_foreground_points(gt, g)[0] for _ in range(400)])
+    share = (hits[:, 0] == 1).float().mean().item()
+    assert 0.4 < share < 0.6
+
+
+def test_error_points_lie_in_the_error_region_with_the_right_label() -> None:
+    gt = _blobs(64, 48, 2)
+    pred = torch.roll(gt, shifts=(3, 2), dims=(1, 2))
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        p, lbl = sample_error_points(pred, gt, g)
+        i = torch.arange(64)
+        in_gt = gt[i, p[:, 1], p[:, 0]]
+        in_pred = pred[i, p[:, 1], p[:, 0]]
+        assert (in_gt ^ in_pred).all()  # inside the error region
+        assert (lbl == in_gt.long()).all()  # positive on a miss, negative on a false alarm
+    assert set(lbl.tolist()) == {0, 1}
+
+
+def test_error_points_on_a_perfect_prediction_are_positive_foreground() -> None:
+    gt = _blobs(4, 32, 4)
+    p, lbl = sample_error_points(gt.clone(), gt, torch.Generator().manual_seed(0))
+    assert lbl.tolist() == [1, 1, 1, 1]
+    assert gt[torch.arange(4), p[:, 1], p[:, 0]].all()
+
+
+def test_masks_to_boxes_is_inclusive() -> None:
+    gt = torch.zeros(1, 10, 12, dtype=torch.bool)
+    gt[0, 2:5, 3:9] = True
+    assert masks_to_boxes(gt).tolist() == [[3.0, 2.0, 8.0, 4.0]]
+
+
+@pytest.mark.parametrize(("side", "expected_std"), [(50, 5.0), (600, 20.0)])
+def test_box_noise_is_ten_percent_capped_at_20px(side: int, expected_std: float) -> None:
+    boxes = torch.tensor([[50.0, 50.0, 50.0 + side, 50.0 + side]]).repeat(20000, 1)
+    noise = jitter_boxes(boxes, torch.Generator().manual_seed(0)) - boxes
+    assert torch.allclose(noise.std(0), torch.full((4,), expected_std), rtol=0.03)
+    assert noise.mean(0).abs().max() < 0.05 * expected_std
+
+
+def test_noisy_boxes_stay_in_bounds_and_ordered() -> None:
+    boxes = torch.tensor([[37.0, 0.0, 39.0, 2.0]]).repeat(
+        200, 1
+    )  # tiny box at the corner: noise pushes it out
+    b = jitter_boxes(boxes, torch.Generator().manual_seed(0), fraction=5.0, cap_px=20, bounds=(40, 40))
+    assert (b >= 0).all() and (b <= 39).all()
+    assert (b[:, 0] <= b[:, 2]).all() and (b[:, 1] <= b[:, 3]).all()
+    gt = torch.zeros(3, 40, 40, dtype=torch.bool)
+    gt[:, 0:3, 37:40] = True
+    nb = noisy_boxes(gt, torch.Generator().manual_seed(0))
+    assert (nb >= 0).all() and (nb <= 39).all()
+
+
+def test_round_schedule_is_8_points_plus_2_empty() -> None:
+    g = torch.Generator().manual_seed(0)
+    positions = set()
+    for _ in range(50):
+        s = round_schedule(g)
+        assert len(s) == 10 and sum(s) == 8 and s[-1] is False
+        positions.add(s[:-1].index(False))
+    assert len(positions) > 4  # the inner empty round moves around
+
+
+def test_simulate_interactive_runs_11_rounds_and_reaches_the_encoder() -> None:
+    torch.manual_seed(0)
+    sam = build_sam(TINY).train()
+    image = torch.randn(1, 3, 256, 256)
+    emb = sam.image_encoder(image)
+    leaf = emb.detach().requires_grad_(True)
+    gt = _blobs(6, 256, 5)
+    calls: list[float] = []
+
+    def backward(loss: torch.Tensor) -> None:
+        calls.append(float(loss.detach()))
+        loss.backward()
+
+    rec = simulate_interactive(
+        sam.prompt_encoder,
+        sam.mask_decoder,
+        leaf,
+        gt,
+        None,
+        torch.Generator().manual_seed(0),
+        torch.Generator().manual_seed(0),
+        backward=backward,
+    )
+    assert len(rec) == 11
+    assert all(0.0 <= r.iou <= 1.0 and r.loss > 0 for r in rec)
+    assert 11 <= len(calls) <= 22  # one or two prompt groups per round
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    emb.backward(leaf.grad)
+    assert sam.image_encoder.patch_embed.proj.weight.grad is not None
+
+    # same seeds -> same rounds
+    rec2 = simulate_interactive(
+        sam.prompt_encoder,
+        sam.mask_decoder,
+        leaf.detach(),
+        gt,
+        None,
+        torch.Generator().manual_seed(0),
+        torch.Generator().manual_seed(0),
+    )
+    assert [r.loss for r in rec2] == pytest.approx([r.loss for r in rec], rel=1e-5)
+
+
+def test_simulate_rejects_wrong_frame() -> None:
+    sam = build_sam(TINY)
+    with pytest.raises(ValueError):
+        simulate_interactive(
+            sam.prompt_encoder,
+            sam.mask_decoder,
+            torch.zeros(1, 32, 16, 16),
+            torch.ones(2, 128, 128, dtype=torch.bool),
+        )
+
+
+def test_masks_of_several_images_in_one_call_match_one_image_per_call() -> None:
+    # the same image twice: batching its masks over two embedding rows must give what one shared row gives
+    torch.manual_seed(0)
+    sam = build_sam(TINY).eval()
+    with torch.no_grad():
+        emb = sam.image_encoder(torch.randn(1, 3, 256, 256))
+    gt = _blobs(4, 256, 7)
+
+    def run(e: torch.Tensor, index: torch.Tensor | None) -> list[float]:
+        rec = simulate_interactive(
+            sam.prompt_encoder,
+            sam.mask_decoder,
+            e,
+            gt,
+            index,
+            torch.Generator().manual_seed(3),
+            torch.Generator().manual_seed(3),
+            n_points=3,
+            n_empty=1,
+        )
+        return [r.loss for r in rec] + [r.iou for r in rec]
+
+    shared = run(emb, None)
+    batched = run(torch.cat([emb, emb]), torch.tensor([0, 1, 0, 1]))
+    assert batched == pytest.approx(shared, rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="image_index"):
+        run(torch.cat([emb, emb]), None)

@@ -1,0 +1,344 @@
+"""Trainer: real-image smoke training, exact resume after a real kill, checkpoints, schedule, MAE."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from segany.build import TINY, build_sam_from_checkpoint
+from segany.train.config import DataConfig, OptimConfig, TrainConfig, load_config
+from segany.train.data import SourceConfig
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+needs_data = pytest.mark.skipif(
+    not (DATA / "coco_subsets" / "instances.json").is_file(), reason="no shared data"
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine: extra threads only spin
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 real COCO images with their instance masks, pre-resized to 256 px."""
+    from segany.data.coco import CocoInstances
+    from segany.train.cache import pack_samples
+
+    if not (DATA / "coco_subsets" / "instances.json").is_file():
+        pytest.skip("no shared data")
+    ds = CocoInstances(DATA / "coco_subsets")
+    path = tmp_path_factory.mktemp("pack") / "coco8.npz"
+    pack_samples((ds[i] for i in range(8)), path, 256)
+    return path
+
+
+def _cfg(pack: Path, **kw: object) -> TrainConfig:
+    base = TrainConfig(
+        model=replace(TINY, drop_path_rate=0.1),
+        data=DataConfig(
+            root=str(pack.parent),
+            sources=[SourceConfig(root=pack.name, kind="pack")],
+            masks_per_image=4,
+            lsj_scale=(0.8, 1.25),
+            copy_paste_p=0.3,
+        ),
+        optim=OptimConfig(lr=2e-3, warmup_steps=2, milestones=(0.8,)),
+        steps=6,
+        batch_size=2,
+        n_points=2,
+        n_empty=1,
+        log_every=1,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+# the train command alone, so that the test does not depend on every other command importing
+_CLI = (
+    "import argparse, sys; from segany.cli import train as t; p = argparse.ArgumentParser(); "
+    "t.add_parser(p.add_subparsers()); sys.exit(t.run(p.parse_args(sys.argv[1:])))"
+)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_pack_roundtrip(pack: Path) -> None:
+    from segany.train.cache import PackedSamples
+
+    p = PackedSamples(pack)
+    assert len(p) == 8 and p.long_side == 256
+    s = p[0]
+    assert max(s.image.shape[:2]) <= 256 and s.masks.shape[1:] == s.image.shape[:2] and len(s.masks) > 0
+    assert s.masks.reshape(len(s.masks), -1).any(1).all()
+
+
+def test_masks_that_vanish_at_the_loss_resolution_are_not_used() -> None:
+    import numpy as np
+
+    from segany.train.data import TrainItems
+
+    items = TrainItems.__new__(TrainItems)  # only the mask filter is exercised
+    items.min_mask_pixels, items.loss_stride = 4, 4
+    m = np.zeros((3, 16, 16), dtype=bool)
+    m[0, 0:4, 0:4] = True  # one whole loss cell
+    m[1, 2:6, 2:6] = True  # 16 px spread over 4 cells at 25 % each: empty after area downsampling
+    m[2, 0:1, 0:3] = True  # under min_mask_pixels
+    assert items._usable(m).tolist() == [True, False, False]
+
+
+def test_numpy_rle_decoder_matches_pycocotools() -> None:
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from segany.train.cache import decode_rle_counts
+
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 80, 2))
+        m = rng.random((h, w)) < rng.random()
+        if t % 3 == 0:  # long runs (multi-chunk and negative deltas)
+            m = np.zeros((h, w), dtype=bool)
+            m[rng.integers(0, h) :, rng.integers(0, w) :] = True
+        counts = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"]
+        assert np.array_equal(decode_rle_counts(counts, h, w), m)
+    with pytest.raises(ValueError):
+        decode_rle_counts(b"25", 4, 4)
+
+
+@needs_data
+def test_smoke_training_on_real_images_lowers_the_loss(pack: Path, tmp_path: Path) -> None:
+    from segany.train.trainer import train
+
+    cfg = _cfg(
+        pack, steps=16, data=replace(_cfg(pack).data, lsj_scale=None, copy_paste_p=0.0, color_jitter_p=0.0)
+    )
+    res = train(cfg, tmp_path, progress=False)
+    first, last = sum(res.losses[:4]) / 4, sum(res.losses[-4:]) / 4
+    assert last < 0.8 * first, res.losses
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    # the exported model is self-describing and loads through the normal builder
+    model = build_sam_from_checkpoint(tmp_path / "model.safetensors")
+    assert model.image_encoder.img_size == 256
+    assert json.loads((tmp_path / "model.json").read_text())["encoder_embed_dim"] == 32
+
+
+@needs_data
+def test_resume_after_a_real_kill_is_bit_exact(pack: Path, tmp_path: Path) -> None:
+    from segany.train.trainer import train
+
+    cfg = _cfg(pack, steps=6, ckpt_every_steps=1, threads=1)
+    ref = tmp_path / "ref"
+    train(cfg, ref, progress=False)
+
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / "start.json").write_text(cfg.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLI, "train", str(run / "start.json"), "--out", str(run), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = run / "log.jsonl"
+        steps = [json.loads(x)["step"] for x in log.read_text().splitlines()] if log.exists() else []
+        if steps and steps[-1] >= 3:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = steps[-1]
+            break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert killed_at is not None, f"run ended before the kill: rc={proc.returncode} {proc.stderr.read()!r}"
+    assert not (run / "model.safetensors").exists()  # it really died before finishing
+    res = train(cfg, run, resume=True, progress=False)
+    assert res.step == 6
+    a, b = _weights(ref / "model.safetensors"), _weights(run / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_data
+def test_in_process_stop_and_resume_matches_and_keeps_the_log(pack: Path, tmp_path: Path) -> None:
+    from segany.train.trainer import load_training_state, train
+
+    cfg = _cfg(pack, steps=4, ckpt_every_steps=2)
+    train(cfg, tmp_path / "ref", progress=False)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False, stop_after=3)  # checkpoint at 2, "dies" after 3
+    st = load_training_state(out / "last.safetensors")
+    assert st.step == 2 and st.config == cfg and st.optimizer["state"]
+    train(cfg, out, resume=True, progress=False)
+    a, b = _weights(tmp_path / "ref" / "last.safetensors"), _weights(out / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.")))
+    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+@needs_data
+def test_frozen_encoder_trains_only_the_decoder(pack: Path, tmp_path: Path) -> None:
+    from segany.train.trainer import train
+
+    cfg = _cfg(pack, steps=2, freeze_encoder=True)
+    train(cfg, tmp_path / "a", progress=False)
+    init = tmp_path / "init.safetensors"
+    # same initial weights (same seed): the encoder must be unchanged, the decoder not
+    from segany.build import build_sam
+    from segany.checkpoint import save_safetensors
+
+    torch.manual_seed(cfg.seed)
+    save_safetensors(init, build_sam(cfg.model).state_dict(), cfg.model)
+    before, after = _weights(init), _weights(tmp_path / "a" / "model.safetensors")
+    enc = [k for k in before if k.startswith("image_encoder.")]
+    dec = [k for k in before if k.startswith("mask_decoder.")]
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+
+
+@needs_data
+def test_time_budget_stops_cleanly_and_saves(pack: Path, tmp_path: Path) -> None:
+    from segany.train.trainer import train
+
+    res = train(_cfg(pack, steps=1000), tmp_path, progress=False, time_budget_min=0.05)
+    assert res.stopped_early and 1 <= res.step < 1000
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "last.safetensors").exists()
+
+
+def test_lr_schedule_and_layer_decay() -> None:
+    from segany.build import build_sam
+    from segany.train.trainer import layer_id, lr_at, param_groups
+
+    o = OptimConfig(lr=1.0, warmup_steps=4, milestones=(0.5, 0.75), gamma=0.1, layer_decay=0.5)
+    assert [lr_at(s, 100, o) for s in (0, 3, 4, 49)] == [0.25, 1.0, 1.0, 1.0]
+    assert lr_at(50, 100, o) == pytest.approx(0.1) and lr_at(75, 100, o) == pytest.approx(0.01)
+    assert layer_id("image_encoder.pos_embed", 2) == 0
+    assert layer_id("image_encoder.blocks.1.attn.qkv.weight", 2) == 2
+    assert layer_id("mask_decoder.iou_token.weight", 2) == 3
+    groups = param_groups(build_sam(TINY), o, TINY.encoder_depth)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["image_encoder.patch_embed.proj.weight"]["lr_scale"] == 0.125
+    assert by_name["mask_decoder.output_upscaling.0.weight"]["lr_scale"] == 1.0
+    assert by_name["mask_decoder.mask_tokens.weight"]["weight_decay"] == 0.0
+    assert by_name["image_encoder.blocks.0.attn.qkv.bias"]["weight_decay"] == 0.0
+    assert by_name["mask_decoder.iou_prediction_head.layers.2.weight"]["weight_decay"] == o.weight_decay
+
+
+def test_configs_in_the_repo_load() -> None:
+    names = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+    assert {"tiny_smoke.yaml", "default_model.yaml", "finetune_vit_b.yaml"} <= set(names)
+    for name in names:
+        cfg = load_config(REPO / "configs" / name)
+        assert TrainConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("optim: {lr: 1.0e-3, lrr: 2}\n")
+    with pytest.raises(ValueError, match="lrr"):
+        load_config(p)
+
+
+def test_evaluation_folders_are_refused(tmp_path: Path) -> None:
+    from segany.train.data import open_sources
+
+    with pytest.raises(ValueError, match="evaluation-only"):
+        open_sources([SourceConfig(root="grabcut")], DATA)
+    with pytest.raises(ValueError, match="evaluation-only"):
+        open_sources([SourceConfig(root=str(DATA / "berkeley" / "images"))], tmp_path)
+
+
+@needs_data
+def test_mae_pretraining_initialises_sam(pack: Path, tmp_path: Path) -> None:
+    from segany.train.config import MAEConfig
+    from segany.train.mae import random_masking
+    from segany.train.trainer import train
+
+    keep, masked = random_masking(3, 256, 0.75, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert keep.shape == (3, 64) and masked.sum(1).tolist() == [192, 192, 192]
+    assert not masked.gather(1, keep).any()
+
+    from segany.train.mae import pretrain_mae
+
+    cfg = _cfg(
+        pack,
+        mae=MAEConfig(
+            steps=12, batch_size=2, lr=2e-3, warmup_steps=2, decoder_dim=32, decoder_heads=2, decoder_depth=1
+        ),
+    )
+    path, losses = pretrain_mae(cfg, tmp_path, progress=False)
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    from segany.build import build_sam
+    from segany.checkpoint import load_state_dict
+    from segany.train.trainer import _init_weights
+
+    model = build_sam(cfg.model)
+    _init_weights(model, f"mae:{path}")
+    mae_w = load_state_dict(path)
+    own = model.image_encoder.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in mae_w.items())
+    res = train(replace(cfg, init=f"mae:{path}", steps=1), tmp_path / "sam", progress=False)
+    assert res.step == 1
+
+
+def test_init_kind_path_sets_the_architecture_and_loads_strictly(tmp_path: Path) -> None:
+    from segany.build import build_sam
+    from segany.checkpoint import CheckpointError, save_safetensors
+    from segany.train.trainer import _init_weights, resolve_model_config
+
+    torch.manual_seed(1)
+    src = build_sam(TINY)
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors(path, src.state_dict(), TINY)
+    cfg = resolve_model_config(
+        TrainConfig(model=replace(TINY, encoder_depth=3, drop_path_rate=0.2), init=f"tiny:{path}")
+    )
+    assert (
+        cfg.model == TINY and cfg.model.drop_path_rate == 0.2
+    )  # the preset's architecture, the run's drop path
+    model = build_sam(cfg.model)
+    _init_weights(model, cfg.init or "")
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values(), strict=True)
+    )
+    with pytest.raises(CheckpointError):  # weights of another architecture are refused, not half-loaded
+        _init_weights(build_sam(replace(TINY, encoder_depth=3)), str(path))
+    with pytest.raises(ValueError, match="unknown kind"):
+        resolve_model_config(TrainConfig(init="vit_q:/nonexistent.pth"))
+
+
+def test_fp16_export_is_half_the_size_and_loads(tmp_path: Path) -> None:
+    from segany.build import build_sam
+    from segany.train.trainer import export_model
+
+    model = build_sam(TINY)
+    (tmp_path / "a").mkdir()
+    full = export_model(tmp_path / "a", model, TINY).stat().st_size
+    half_path = export_model(tmp_path, model, TINY, half=True)
+    assert half_path.stat().st_size < 0.6 * full
+    loaded = build_sam_from_checkpoint(half_path)
+    ref = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == ref[k].dtype and torch.equal(v, ref[k].half().to(ref[k].dtype))
