@@ -2,8 +2,8 @@
 
 * `.safetensors` is the preferred format (no code can run while reading it); segany's own checkpoints carry
   their `SamConfig` as JSON in the safetensors metadata, so a file alone says what to build.
-* `.pth` files (the official release format) are read only with `torch.load(..., weights_only=True,
-  map_location="cpu")`: a pickle that tries to build any object beyond tensors and plain containers is
+* `.pth` files (the official release format) are read only with `torch.load` and `weights_only=True,
+  map_location="cpu"`: a pickle that tries to build any object beyond tensors and plain containers is
   refused with `CheckpointError`. There is no fallback to unsafe loading.
 * Loading is strict and all-or-nothing: every missing / unexpected key and wrong shape is named in the error
   and the model is left untouched unless the whole state_dict fits.

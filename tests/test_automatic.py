@@ -197,12 +197,13 @@ def test_grid_decoder_matches_official_decoder(pair):
         r, c = dec.low_rows, dec.low_cols
         torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(low[..., :r, :c], ref_low[..., :r, :c].detach(), atol=1e-4, rtol=1e-4)
-        # The partial x4 upsampling equals the official two-step postprocessing bit for bit.
+        # The partial x4 upsampling equals the official two-step postprocessing (bit for bit at 2 threads;
+        # with 1 thread the interpolation kernel's vectorisation differs by float rounding).
         full = off.postprocess_masks(ref_low.detach(), predictor.input_size, predictor.original_size)
         part = _upsample(
             ref_low.detach().flatten(0, 1), off.image_encoder.img_size, predictor.input_size, (120, 90)
         )
-        assert torch.equal(part, full.flatten(0, 1))
+        torch.testing.assert_close(part, full.flatten(0, 1), atol=1e-5, rtol=0)
 
 
 def test_fast_mode_subset_of_exact(pair):

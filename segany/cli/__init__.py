@@ -16,13 +16,19 @@ COMMANDS: dict[str, str] = {
     "segment": "segment",
     "embed": "embed",
     "convert": "convert",
+    "auto": "auto",
+    "annotate": "annotate",
+    "export-onnx": "export_onnx",
+    "engine": "engine",
+    "train": "train",
+    "eval": "eval",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segany", description="Segment Anything, the whole system.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         mod = importlib.import_module(f"segany.cli.{module}")
         mod.add_parser(sub)
     return parser

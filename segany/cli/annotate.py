@@ -1,0 +1,85 @@
+"""`segany annotate IMAGE_DIR`: start the annotation server (data engine stages 1-2) on a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from pathlib import Path
+
+HELP = """Serve a browser annotation tool for the images in IMAGE_DIR: click foreground/background points or drag a
+box and the mask appears (the SAM decoder runs in the browser), accept, rate 1-10, move on; export COCO or SA-1B
+JSON from the page or from /api/projects/ID/export.
+
+Log in as the admin user (--admin-user) with the password in the SEGANY_ADMIN_PASSWORD environment variable
+(at least 12 characters; there is no default). For a quick local session use --dev: it binds 127.0.0.1 only
+and prints a random password for this run."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("annotate", help="start the annotation server on a folder of images",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder of images (scanned recursively)")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database URL: sqlite:///path.db (default: DATA_DIR/annotations.db) or postgresql://...")  # fmt: skip
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where the database, uploads and embedding cache live (default: IMAGE_DIR/.segany)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="default", help="model kind: default, vit_b, vit_l, vit_h, tiny")
+    p.add_argument("--checkpoint", default=None, help="weights for --model (.safetensors or .pth)")
+    p.add_argument("--quantize", action="store_true", help="serve the int8 decoder (smaller, faster in wasm)")
+    p.add_argument("--admin-user", default="admin")
+    p.add_argument("--project", default=None, help="project name (default: the folder's name)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="upload size cap in MiB")
+    p.add_argument("--max-megapixels", type=float, default=50.0, help="upload pixel cap")
+    p.add_argument("--dev", action="store_true",
+                   help="local-only dev mode: 127.0.0.1 only; random admin password if none is set")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from segany.engine import ConfigError, EngineSettings, create_app
+    from segany.engine.model import ModelSpec, ModelUnavailable
+    from segany.engine.settings import PASSWORD_ENV
+
+    image_dir = args.image_dir
+    if not image_dir.is_dir():
+        print(f"error: {image_dir} is not a folder")
+        return 2
+    data_dir = args.data_dir or image_dir / ".segany"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = EngineSettings(
+        image_dir=image_dir,
+        data_dir=data_dir,
+        db_url=args.db or f"sqlite:///{(data_dir / 'annotations.db').resolve()}",
+        admin_password=os.environ.get(PASSWORD_ENV) or None,
+        admin_user=args.admin_user,
+        host=args.host,
+        dev_mode=args.dev,
+        model=ModelSpec(kind=args.model, checkpoint=args.checkpoint, quantize_decoder=args.quantize),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        project_name=args.project,
+    )
+    try:
+        app = create_app(settings)
+    except ConfigError as err:
+        print(f"error: {err}")
+        return 2
+    model = app.state.model
+
+    def warm_up() -> None:
+        try:
+            model.warm_up()
+        except ModelUnavailable as err:
+            print(f"warning: {err}; pages will show the error until this is fixed", flush=True)
+
+    # Build the model and export the browser decoder while the person opens the page.
+    threading.Thread(target=warm_up, name="segany-warm-up", daemon=True).start()
+    print(f"segany annotate: http://{args.host}:{args.port}/  (user {settings.admin_user!r})", flush=True)
+    if settings.generated_password:
+        print(f"dev mode: this run's admin password is {settings.admin_password}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5)
+    return 0

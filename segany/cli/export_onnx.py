@@ -1,0 +1,48 @@
+"""`segany export-onnx`: write the prompt encoder + mask decoder (+ mask postprocessing) as an ONNX graph."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+HELP = """Export the light part of SAM that runs on every click (prompt encoder, mask decoder, upsampling of the
+masks to the original image size) to ONNX, with a dynamic number of points. The image embedding is not part of
+it: compute it with `segany embed` or the annotation server. Inputs and outputs are listed in
+segany/onnx_export.py; the graph is run once with onnxruntime after export as a check."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export-onnx", help="export the prompt encoder + mask decoder to ONNX",
+                              description=HELP)  # fmt: skip
+    p.add_argument("--model", default="default", help="model kind: default, vit_b, vit_l, vit_h, tiny")
+    p.add_argument("--checkpoint", default=None, help="weights for --model (.safetensors or .pth)")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--quantize", action="store_true",
+                   help="dynamic int8 (QUInt8) weight quantisation; the fp32 graph is kept as OUT.fp32.onnx")  # fmt: skip
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16, default 17)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import onnxruntime as ort
+
+    from segany.build import sam_model_registry
+    from segany.onnx_export import dummy_inputs, export_decoder
+
+    if args.model not in sam_model_registry:
+        print(f"error: unknown --model {args.model!r}; choose from {', '.join(sorted(sam_model_registry))}")
+        return 2
+    sam = sam_model_registry[args.model](checkpoint=args.checkpoint).eval()
+    t0 = time.perf_counter()
+    info = export_decoder(sam, args.out, opset=args.opset, quantize=args.quantize)
+    info["export_seconds"] = round(time.perf_counter() - t0, 2)
+    sess = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
+    feeds = {k: v.numpy().astype(np.float32) for k, v in dummy_inputs(sam).items()}
+    t0 = time.perf_counter()
+    masks, iou, _ = sess.run(None, feeds)
+    info["check_run_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+    info["check_masks_shape"] = list(masks.shape)
+    print(json.dumps(info, indent=2))
+    return 0

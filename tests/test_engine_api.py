@@ -1,0 +1,395 @@
+"""The annotation server's API in-process: start-up rules, authentication, CSRF, per-project access, path
+traversal, upload caps, XSS payloads, validation, optimistic concurrency, idempotent creates and the exports."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from engine_harness import PASSWORD, make_images, rect_rle
+from fastapi.testclient import TestClient
+from PIL import Image
+from pycocotools import mask as mask_utils
+from sqlalchemy import text
+
+from segany.engine import ConfigError, EngineSettings, create_app
+from segany.engine.model import ModelSpec
+from segany.onnx_export import INPUT_NAMES
+
+BASE = "https://testserver"  # https so that the Secure session cookie is sent back
+
+
+def _settings(tmp_path: Path, **kw) -> EngineSettings:
+    kw.setdefault("admin_password", PASSWORD)
+    return EngineSettings(
+        image_dir=tmp_path / "images",
+        data_dir=tmp_path / "data",
+        db_url=f"sqlite:///{tmp_path}/db.sqlite",
+        model=ModelSpec(kind="tiny"),
+        max_upload_bytes=200_000,
+        max_pixels=300 * 300,
+        max_json_bytes=1_000_000,
+        **kw,
+    )
+
+
+@pytest.fixture()
+def env(tmp_path: Path):
+    make_images(tmp_path / "images")
+    app = create_app(_settings(tmp_path))
+    client = TestClient(app, base_url=BASE)
+    r = client.post("/api/login", json={"username": "admin", "password": PASSWORD})
+    assert r.status_code == 200
+    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return app, client, tmp_path
+
+
+def _save(client: TestClient, image_id: int = 1, **extra) -> dict:
+    body = {"rle": rect_rle(120, 200, 30, 90, 50, 150), **extra}
+    r = client.post(f"/api/images/{image_id}/annotations", json=body)
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+# ---- start-up ----------------------------------------------------------------------------------------------
+
+
+def test_refuses_to_start_without_a_real_secret(tmp_path: Path) -> None:
+    make_images(tmp_path / "images")
+    with pytest.raises(ConfigError, match="no admin password"):
+        create_app(_settings(tmp_path, admin_password=None))
+    with pytest.raises(ConfigError, match="at least 12"):
+        create_app(_settings(tmp_path, admin_password="short"))
+    with pytest.raises(ConfigError, match="local-only"):
+        create_app(_settings(tmp_path, admin_password=None, dev_mode=True, host="0.0.0.0"))
+    dev = _settings(tmp_path, admin_password=None, dev_mode=True, host="127.0.0.1").check()
+    assert dev.generated_password and len(dev.admin_password or "") >= 12
+
+
+def test_sqlite_runs_in_wal_with_full_sync(env) -> None:
+    app, _, _ = env
+    with app.state.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+# ---- authentication, CSRF, access ---------------------------------------------------------------------------
+
+
+def test_every_api_route_needs_login(env) -> None:
+    app, _, _ = env
+    anon = TestClient(app, base_url=BASE)
+    open_routes = {"/api/login", "/api/health", "/api/openapi.json"}
+    checked = 0
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        if not path.startswith("/api/") or path in open_routes:
+            continue
+        url = path.replace("{project_id}", "1").replace("{image_id}", "1").replace("{annotation_id}", "1")
+        for method in route.methods - {"HEAD"}:
+            r = anon.request(method, url, json={})
+            assert r.status_code == 401, (method, url, r.status_code)
+            checked += 1
+    assert checked >= 15
+
+
+def test_login_failures_are_throttled_and_cookie_is_strict(env) -> None:
+    app, _, _ = env
+    c = TestClient(app, base_url=BASE)
+    for _ in range(10):
+        assert (
+            c.post("/api/login", json={"username": "admin", "password": "wrong-password!"}).status_code == 401
+        )
+    assert c.post("/api/login", json={"username": "admin", "password": PASSWORD}).status_code == 429
+    fresh = TestClient(app, base_url=BASE, client=("10.0.0.8", 1))
+    cookie = fresh.post("/api/login", json={"username": "admin", "password": PASSWORD}).headers["set-cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=strict" in cookie
+
+
+def test_csrf_token_and_origin_are_required_for_cookie_sessions(env) -> None:
+    app, client, _ = env
+    body = {"rle": rect_rle(120, 200, 0, 10, 0, 10)}
+    no_token = TestClient(app, base_url=BASE, cookies=client.cookies)
+    assert no_token.post("/api/images/1/annotations", json=body).status_code == 403
+    bad = {"X-CSRF-Token": "x" * 43}
+    assert no_token.post("/api/images/1/annotations", json=body, headers=bad).status_code == 403
+    foreign = {"Origin": "https://evil.example"}
+    assert client.post("/api/images/1/annotations", json=body, headers=foreign).status_code == 403
+    assert (
+        client.post(
+            "/api/images/1/annotations", json=body, headers={"Sec-Fetch-Site": "cross-site"}
+        ).status_code
+        == 403
+    )
+    assert client.post("/api/images/1/annotations", json=body, headers={"Origin": BASE}).status_code == 201
+    # A bearer token is never sent by a browser on its own: no CSRF token needed.
+    token = (
+        TestClient(app, base_url=BASE)
+        .post("/api/login", json={"username": "admin", "password": PASSWORD, "bearer": True})
+        .json()["token"]
+    )
+    bearer = TestClient(app, base_url=BASE, headers={"Authorization": f"Bearer {token}"})
+    assert bearer.post("/api/images/1/annotations", json=body).status_code == 201
+    # Logging in from another site (login CSRF) is refused too.
+    r = TestClient(app, base_url=BASE).post(
+        "/api/login", json={"username": "admin", "password": PASSWORD}, headers=foreign
+    )
+    assert r.status_code == 403
+
+
+def test_per_project_access(env) -> None:
+    app, admin, _ = env
+    ann = _save(admin)
+    assert (
+        admin.post("/api/users", json={"username": "bob", "password": "bob-password-123"}).status_code == 201
+    )
+    bob = TestClient(app, base_url=BASE)
+    bob.headers["X-CSRF-Token"] = bob.post(
+        "/api/login", json={"username": "bob", "password": "bob-password-123"}
+    ).json()["csrf_token"]
+    assert bob.get("/api/projects").json() == []
+    for url in ["/api/projects/1/images", "/api/images/1", "/api/images/1/file", "/api/images/1/annotations",
+                f"/api/annotations/{ann['id']}", "/api/projects/1/export"]:  # fmt: skip
+        assert bob.get(url).status_code == 404, url
+    assert bob.patch(f"/api/annotations/{ann['id']}", json={"version": 1, "quality": 1}).status_code == 404
+    assert bob.post("/api/users", json={"username": "eve", "password": "eve-password-123"}).status_code == 403
+    assert bob.post("/api/projects/1/members", json={"username": "bob"}).status_code == 403
+    assert admin.post("/api/projects/1/members", json={"username": "bob"}).status_code == 204
+    assert bob.get("/api/images/1/annotations").status_code == 200
+    # A project bob is not in stays closed.
+    pid = admin.post("/api/projects", json={"name": "secret"}).json()["id"]
+    assert bob.get(f"/api/projects/{pid}/images").status_code == 404
+
+
+# ---- path traversal and file serving -------------------------------------------------------------------------
+
+
+def test_path_traversal_never_serves_files(env) -> None:
+    app, client, tmp_path = env
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    attempts = [
+        "/api/images/..%2F..%2Fsecret.txt/file", "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd/file",
+        "/api/images/%252e%252e%252fsecret.txt/file", "/api/images//etc/passwd/file",
+        "/api/images/..\\..\\secret.txt/file", "/api/images/1%00/file", "/static/../../secret.txt",
+        "/static/%2e%2e/%2e%2e/%2e%2e/secret.txt", "/static/..%2f..%2f..%2fsecret.txt", "/static//etc/passwd",
+        "/api/images/99999/file", "/api/images/-1/file",
+    ]  # fmt: skip
+    for url in attempts:
+        r = client.get(url)
+        assert r.status_code in (400, 404, 405, 422), (url, r.status_code)
+        assert b"TOP-SECRET" not in r.content and b"root:" not in r.content
+
+
+def test_symlinks_are_not_imported_or_served(tmp_path: Path) -> None:
+    make_images(tmp_path / "images")
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside)
+    (tmp_path / "images" / "link.png").symlink_to(outside)
+    app = create_app(_settings(tmp_path))
+    c = TestClient(app, base_url=BASE)
+    c.post("/api/login", json={"username": "admin", "password": PASSWORD})
+    names = [im["file_name"] for im in c.get("/api/projects/1/images").json()]
+    assert names == ["img0.png", "img1.png"]
+    # A link planted after import, in place of a served file, is refused at serving time.
+    target = tmp_path / "images" / "img0.png"
+    target.unlink()
+    target.symlink_to(outside)
+    assert c.get("/api/images/1/file").status_code == 404
+
+
+def test_image_served_with_sniffed_type_and_nosniff(env) -> None:
+    _, client, _ = env
+    r = client.get("/api/images/1/file")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+
+
+# ---- uploads ----------------------------------------------------------------------------------------------
+
+
+def _png(h: int, w: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), 99, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_upload_caps_and_format_allowlist(env) -> None:
+    _, client, _ = env
+    ok = client.post("/api/projects/1/images", files={"file": ("<b>x</b>.png", _png(50, 60), "image/png")})
+    assert ok.status_code == 201 and ok.json()["width"] == 60 and ok.json()["file_name"] == "<b>x</b>.png"
+    again = client.post("/api/projects/1/images", files={"file": ("copy.png", _png(50, 60), "image/png")})
+    assert again.status_code == 200 and again.json()["id"] == ok.json()["id"]
+    # Over the byte cap: refused with 413, with a Content-Length and chunked (no Content-Length).
+    big = os.urandom(300_000)
+    assert (
+        client.post("/api/projects/1/images", files={"file": ("big.png", big, "image/png")}).status_code
+        == 413
+    )
+
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 10_000
+
+    r = client.post("/api/projects/1/images", content=chunks(),
+                    headers={"Content-Type": "multipart/form-data; boundary=xyz"})  # fmt: skip
+    assert r.status_code == 413
+    # Over the pixel cap (cheap to send, expensive to decode): refused before decoding.
+    assert (
+        client.post(
+            "/api/projects/1/images", files={"file": ("wide.png", _png(1, 100_000), "image/png")}
+        ).status_code
+        == 413
+    )
+    # Not an allowed format, whatever the name says.
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>'
+    html = b"<html><script>alert(1)</script></html>"
+    for name, data in [("x.png", svg), ("y.png", html), ("z.jpg", b"")]:
+        r = client.post("/api/projects/1/images", files={"file": (name, data, "image/png")})
+        assert r.status_code in (415, 422), (name, r.status_code)
+    assert (
+        client.post(
+            "/api/projects/1/images", files={"file": ("t.png", _png(50, 60)[:60], "image/png")}
+        ).status_code
+        == 422
+    )
+
+
+def test_json_body_cap(env) -> None:
+    app, client, _ = env
+    huge = {"rle": {"size": [120, 200], "counts": [1] * 600_000}}
+    assert client.post("/api/images/1/annotations", json=huge).status_code == 413
+
+
+# ---- annotations ------------------------------------------------------------------------------------------
+
+
+def test_labels_are_stored_verbatim_and_validated(env) -> None:
+    _, client, _ = env
+    payload = "<img src=x onerror=window.__xss=1>\"'><svg onload=alert(1)>javascript:alert(1)"
+    a = _save(client, label=payload)
+    assert client.get(f"/api/annotations/{a['id']}").json()["label"] == payload
+    bad = [
+        {"rle": rect_rle(120, 200, 0, 5, 0, 5), "label": "nul\x00byte"},
+        {"rle": rect_rle(100, 200, 0, 5, 0, 5)},  # wrong size for the image
+        {"rle": {"size": [120, 200], "counts": [5, 5]}},  # does not cover the image
+        {"rle": {"size": [120, 200], "counts": [24000]}},  # empty mask
+        {"rle": {"size": [120, 200], "counts": [-1, 24001]}},
+        {"rle": rect_rle(120, 200, 0, 5, 0, 5), "quality": 11},
+        {"rle": rect_rle(120, 200, 0, 5, 0, 5), "seconds": -1},
+        {"rle": rect_rle(120, 200, 0, 5, 0, 5), "prompts": [{"x": "NaN", "y": 1, "label": 1}]},
+        {"rle": rect_rle(120, 200, 0, 5, 0, 5), "prompts": [{"x": 1, "y": 1, "label": 7}]},
+    ]
+    for body in bad:
+        r = client.post("/api/images/1/annotations", json=body)
+        assert r.status_code == 422, (body, r.status_code, r.text)
+
+
+def test_stale_update_gets_409_and_never_overwrites(env) -> None:
+    _, client, _ = env
+    a = _save(client, label="first", quality=5)
+    r1 = client.patch(f"/api/annotations/{a['id']}", json={"version": 1, "label": "alice"})
+    assert r1.status_code == 200 and r1.json()["version"] == 2
+    r2 = client.patch(f"/api/annotations/{a['id']}", json={"version": 1, "label": "bob"})
+    assert r2.status_code == 409 and r2.json()["current_version"] == 2
+    assert client.get(f"/api/annotations/{a['id']}").json()["label"] == "alice"
+    assert client.delete(f"/api/annotations/{a['id']}?version=1").status_code == 409
+    gone = client.delete(f"/api/annotations/{a['id']}?version=2")
+    assert gone.status_code == 200 and gone.json()["deleted"]
+    assert client.get("/api/images/1/annotations").json() == []
+
+
+def test_idempotent_create(env) -> None:
+    _, client, _ = env
+    first = _save(client, idempotency_key="retry-key-0001")
+    second = _save(client, idempotency_key="retry-key-0001")
+    assert first["id"] == second["id"]
+    assert len(client.get("/api/images/1/annotations").json()) == 1
+
+
+def test_exports_decode_to_the_saved_masks(env) -> None:
+    _, client, _ = env
+    _save(client, label="car", quality=9, seconds=4.5)
+    _save(client, image_id=2, **{"rle": rect_rle(160, 96, 10, 20, 10, 30)})
+    coco = client.get("/api/projects/1/export?format=coco").json()
+    assert {c["name"] for c in coco["categories"]} == {"car", "object"}
+    a = next(x for x in coco["annotations"] if x["image_id"] == 1)
+    m = mask_utils.decode(a["segmentation"])
+    assert m.shape == (120, 200) and m.sum() == 60 * 100 == a["area"] and m[30:90, 50:150].all()
+    assert a["bbox"] == [50.0, 30.0, 100.0, 60.0] and a["quality"] == 9 and a["source"] == "person"
+    sa1b = client.get("/api/projects/1/export?format=sa1b").json()
+    assert [rec["image"]["image_id"] for rec in sa1b] == [1, 2]
+    assert mask_utils.area(sa1b[1]["annotations"][0]["segmentation"]) == 200
+    assert client.get("/api/projects/1/export?format=pickle").status_code == 422
+
+
+def test_openapi_schema_lists_the_api(env) -> None:
+    _, client, _ = env
+    paths = client.get("/api/openapi.json").json()["paths"]
+    for p in ["/api/login", "/api/images/{image_id}/annotations", "/api/annotations/{annotation_id}",
+              "/api/projects/{project_id}/export", "/api/images/{image_id}/embedding"]:  # fmt: skip
+        assert p in paths
+
+
+# ---- model: embeddings, decoder, stage-2 pre-fill ----------------------------------------------------------------
+
+
+def test_embedding_computed_once_and_cached_on_disk(env) -> None:
+    app, client, tmp_path = env
+    r = client.get("/api/images/1/embedding")
+    assert r.status_code == 200 and r.headers["x-embedding-shape"] == "1,32,16,16"
+    assert len(r.content) == 4 * 32 * 16 * 16
+    cached = list((tmp_path / "data" / "cache").rglob("*.npy"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = client.get("/api/images/1/embedding")
+    assert again.content == r.content and cached[0].stat().st_mtime_ns == stamp
+    info = client.get("/api/model").json()
+    assert info["embedding_shape"] == [1, 32, 16, 16] and info["image_size"] == 256
+    graph = onnx.load_model_from_string(client.get(info["decoder_url"]).content).graph
+    assert [i.name for i in graph.input] == INPUT_NAMES
+
+
+def test_prefill_marks_model_masks_and_runs_once(tmp_path: Path) -> None:
+    make_images(tmp_path / "images")
+    # Thresholds off: the random tiny model is never "confident"; the real default keeps IoU > 0.9 only.
+    app = create_app(
+        _settings(tmp_path, prefill_points_per_side=4, prefill_iou_thresh=0.0, prefill_stability_thresh=0.0)
+    )
+    c = TestClient(app, base_url=BASE)
+    c.headers["X-CSRF-Token"] = c.post("/api/login", json={"username": "admin", "password": PASSWORD}).json()[
+        "csrf_token"
+    ]
+    first = c.post("/api/images/1/prefill").json()
+    assert first["created"] >= 1 and first["seconds"] > 0
+    made = [a for a in first["annotations"] if a["source"] == "model"]
+    assert len(made) == first["created"]
+    assert all(a["created_by"] is None and a["seconds"] > 0 and a["predicted_iou"] is not None for a in made)
+    # People add the rest; their masks are marked as theirs.
+    mine = _save(c, seconds=12.0)
+    assert mine["source"] == "person" and mine["created_by"] == "admin"
+    second = c.post("/api/images/1/prefill").json()
+    assert second["created"] == 0 and len(second["annotations"]) == first["created"] + 1
+
+
+def test_cli_refuses_to_start_without_password(tmp_path: Path, monkeypatch, capsys) -> None:
+    import argparse
+
+    from segany.cli import annotate
+
+    make_images(tmp_path / "images")
+    monkeypatch.delenv("SEGANY_ADMIN_PASSWORD", raising=False)
+    p = argparse.ArgumentParser()
+    annotate.add_parser(p.add_subparsers())
+    for extra in ([], ["--host", "0.0.0.0", "--dev"]):
+        args = p.parse_args(["annotate", str(tmp_path / "images"), "--data-dir", str(tmp_path / "d"), *extra])
+        assert annotate.run(args) == 2
+    out = capsys.readouterr().out
+    assert "no admin password" in out and "local-only" in out

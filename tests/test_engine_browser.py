@@ -1,0 +1,227 @@
+"""The annotation page in a real browser (Debian's Chromium driven by Playwright) against a real server process.
+
+A click decodes a mask in the browser (onnxruntime-web on the exported decoder), accept saves it, a reload shows
+it; XSS payloads in labels and file names stay inert text under the enforcing CSP. The median decode time per
+click is printed; ``SEGANY_BENCH_MODEL=vit_b`` measures it with the full-size decoder (the README figure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from engine_harness import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Server, chromium_available, make_images
+
+XSS = '"><img src=x onerror="window.__xss=1">'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    chromium_available()
+    root = tmp_path_factory.mktemp("browser")
+    images = make_images(root / "images", [(120, 200), (96, 160)])
+    images[1].rename(images[1].with_name(f"{XSS}.png"))
+    data = root / "data"
+    srv = Server(root / "images", data, f"sqlite:///{data}/db.sqlite", extra=["--max-upload-mb", "0.5"])
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    chromium_available()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _wait_until(page, js: str, timeout_s: float = 30.0) -> None:
+    """Poll ``js`` with page.evaluate: Playwright's wait_for_function evals in the page, which our CSP forbids."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(js):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {js}")
+        time.sleep(0.05)
+
+
+def _login(page, server: Server, image_id: int | None = None) -> None:
+    page.goto(server.base + ("/" if image_id is None else f"/#image={image_id}"))
+    page.fill("#login-user", "admin")
+    page.fill("#login-password", PASSWORD)
+    page.click("#login-form button")
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+
+
+def _click_image(page, fx: float, fy: float) -> None:
+    """Click at a fraction of the displayed image and wait for that click's decode."""
+    n = page.evaluate("window.seganyStats.decodeMs.length")
+    box = page.locator("#overlay").bounding_box()
+    page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    _wait_until(page, f"window.seganyStats.decodeMs.length > {n}")
+
+
+def _click_accept_undo_reload(server: Server, browser) -> None:
+    errors: list[str] = []
+    page = browser.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    _login(page, server)
+    # The CSP is enforcing (not report-only) and the page still works under it.
+    resp = page.request.get(server.base + "/")
+    assert "script-src 'self' 'wasm-unsafe-eval'" in resp.headers["content-security-policy"]
+    assert "content-security-policy-report-only" not in resp.headers
+
+    _click_image(page, 0.5, 0.5)  # centre of the bright rectangle
+    assert page.evaluate("window.seganyStats.decodeMs[0]") > 0
+    page.fill("#label", XSS)
+    page.click("#cycle")  # cycle to the next ambiguous mask before accepting
+    page.click("#accept")
+    page.wait_for_selector("#masks li", timeout=15_000)
+    assert page.locator("#masks li .label").first.text_content() == XSS
+
+    # Undo deletes the saved mask, redo restores it, both through versioned PATCHes.
+    page.click("#undo")
+    _wait_until(page, "document.querySelectorAll('#masks li').length === 0")
+    page.click("#redo")
+    _wait_until(page, "document.querySelectorAll('#masks li').length === 1")
+
+    page.reload()
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    page.wait_for_selector("#masks li")
+    assert page.locator("#masks li").count() == 1
+    assert page.locator("#masks li .label").first.text_content() == XSS
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#masks img").count() == 0
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+
+    page.close()
+
+
+def _box_background_point_cycle_and_keys(server: Server, browser) -> None:
+    page = browser.new_page()
+    _login(page, server, image_id=_image_id(server, "img0.png"))
+    box = page.locator("#overlay").bounding_box()
+    n = page.evaluate("window.seganyStats.decodeMs.length")
+    page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.2 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.8 * box["width"], box["y"] + 0.8 * box["height"], steps=5)
+    page.mouse.up()
+    _wait_until(page, f"window.seganyStats.decodeMs.length > {n}")
+    assert page.locator("#mask-index").text_content() == "1/3"  # a box alone: the three ambiguous masks
+    page.keyboard.down("Shift")
+    _click_image(page, 0.1, 0.1)  # background point
+    page.keyboard.up("Shift")
+    assert page.locator("#mask-index").text_content() == "1/4"  # box + point: single-mask output first
+    page.keyboard.press("c")
+    assert page.locator("#mask-index").text_content() == "2/4"
+    page.keyboard.press("7")
+    assert page.input_value("#rating") == "7"
+    page.keyboard.press("a")
+    _wait_until(page, "document.querySelectorAll('#masks li').length >= 1")
+    with server.client() as c:
+        saved = c.get(f"/api/images/{_image_id(server, 'img0.png')}/annotations").json()[-1]
+    assert saved["quality"] == 7 and saved["source"] == "person" and saved["seconds"] > 0
+    assert sorted(p["label"] for p in saved["prompts"]) == [0, 2, 3]
+    page.close()
+
+
+def _image_id(server: Server, name: str) -> int:
+    with server.client() as c:
+        return next(im["id"] for im in c.get("/api/projects/1/images").json() if im["file_name"] == name)
+
+
+def _xss_file_name_rendered_as_text(server: Server, browser) -> None:
+    with server.client() as c:
+        image_id = next(
+            im["id"] for im in c.get("/api/projects/1/images").json() if im["file_name"] == f"{XSS}.png"
+        )
+    page = browser.new_page()
+    _login(page, server, image_id=image_id)
+    assert page.locator("#image-name").text_content() == f"{XSS}.png"
+    assert page.evaluate("window.__xss") is None
+    page.close()
+
+
+def _upload_caps_and_xss_name(server: Server, browser, tmp_path: Path) -> None:
+    page = browser.new_page()
+    _login(page, server, image_id=_image_id(server, "img0.png"))
+    page.set_input_files(
+        "#upload", files=[{"name": "big.png", "mimeType": "image/png", "buffer": os.urandom(600_000)}]
+    )
+    _wait_until(page, "document.getElementById('status').textContent.startsWith('upload refused')")
+    assert "Too Large" in page.text_content("#status")
+    name = "<img src=x onerror=window.__xss=1>.png"  # (Chromium percent-encodes '"' in multipart names)
+    png = make_images(tmp_path, [(40, 60)])[0].read_bytes()
+    page.set_input_files("#upload", files=[{"name": name, "mimeType": "image/png", "buffer": png}])
+    _wait_until(page, f"document.getElementById('image-name').textContent === {json.dumps(name)}")
+    _wait_until(page, "document.getElementById('status').textContent === 'ready'")
+    assert page.evaluate("window.__xss") is None
+    page.close()
+
+
+def _decode_times(page, srv: Server, n: int) -> list[float]:
+    _login(page, srv)
+    for i in range(3):  # warm-up
+        _click_image(page, 0.3 + 0.1 * i, 0.5)
+    page.evaluate("window.seganyStats.decodeMs = []")
+    for i in range(n):
+        page.keyboard.press("Escape")
+        _click_image(page, 0.2 + 0.6 * (i / n), 0.3 + 0.4 * ((i * 7 % n) / n))
+    assert page.locator("#decode-ms").text_content() != "–"
+    return page.evaluate("window.seganyStats.decodeMs")
+
+
+def _report(label: str, page, times: list[float]) -> None:
+    isolated = page.evaluate("self.crossOriginIsolated")
+    print(
+        f"\nin-browser decode ({label}, 1 click + padding, cross-origin isolated={isolated}): "
+        f"median {statistics.median(times):.1f} ms, p90 {statistics.quantiles(times, n=10)[-1]:.1f} ms "
+        f"over {len(times)} clicks"
+    )
+
+
+def test_annotation_page_in_chromium(server: Server, browser, tmp_path: Path) -> None:
+    """One end-to-end session (one server, one browser: each start costs seconds on a small CI machine)."""
+    _click_accept_undo_reload(server, browser)
+    _box_background_point_cycle_and_keys(server, browser)
+    _xss_file_name_rendered_as_text(server, browser)
+    _upload_caps_and_xss_name(server, browser, tmp_path)
+    page = browser.new_page()
+    times = _decode_times(page, server, 10)
+    _report("tiny model", page, times)
+    assert len(times) == 10 and statistics.median(times) > 0
+    page.close()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SEGANY_BENCH_MODEL"), reason="benchmark: set SEGANY_BENCH_MODEL=vit_b"
+)
+def test_decode_time_full_size_decoder(browser, tmp_path: Path) -> None:
+    """The README figure: the full-size decoder (identical for vit_b/l/h); the ViT encoder is slow on CPU."""
+    kind = os.environ["SEGANY_BENCH_MODEL"]
+    quantize = os.environ.get("SEGANY_BENCH_QUANTIZE") == "1"
+    make_images(tmp_path / "images", [(1024, 1024)])
+    data = tmp_path / "data"
+    extra = ["--model", kind] + (["--quantize"] if quantize else [])
+    srv = Server(tmp_path / "images", data, f"sqlite:///{data}/db.sqlite", extra=extra)
+    page = browser.new_page()
+    try:
+        with srv.client() as c:  # embed (and export) before the page asks
+            c.timeout = httpx.Timeout(900.0)
+            assert c.get("/api/images/1/embedding").status_code == 200
+            assert c.get("/api/model/decoder.onnx").status_code == 200
+        n = int(os.environ.get("SEGANY_BENCH_CLICKS", "30"))
+        times = _decode_times(page, srv, n)
+        _report(f"{kind}{' int8' if quantize else ''}", page, times)
+        assert len(times) == n
+    finally:
+        page.close()
+        srv.stop()
