@@ -9,8 +9,6 @@ until a few dozen masks survive each stage.
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
@@ -21,53 +19,13 @@ from segany.build import TINY, SamConfig, build_sam
 from segany.masks import decode_rle, rle_to_mask
 
 sa = pytest.importorskip("segment_anything")
-from segment_anything import modeling as off_modeling  # noqa: E402
-
-
-def official_sam(c: SamConfig) -> torch.nn.Module:
-    grid = c.image_size // c.patch_size
-    return off_modeling.Sam(
-        image_encoder=off_modeling.ImageEncoderViT(
-            depth=c.encoder_depth,
-            embed_dim=c.encoder_embed_dim,
-            img_size=c.image_size,
-            mlp_ratio=c.encoder_mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=c.encoder_num_heads,
-            patch_size=c.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=c.encoder_global_attn_indexes,
-            window_size=c.window_size,
-            out_chans=c.prompt_embed_dim,
-        ),
-        prompt_encoder=off_modeling.PromptEncoder(
-            embed_dim=c.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(c.image_size, c.image_size),
-            mask_in_chans=c.mask_in_chans,
-        ),
-        mask_decoder=off_modeling.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=off_modeling.TwoWayTransformer(
-                depth=c.decoder_depth,
-                embedding_dim=c.prompt_embed_dim,
-                mlp_dim=c.decoder_mlp_dim,
-                num_heads=c.decoder_num_heads,
-            ),
-            transformer_dim=c.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=c.iou_head_hidden_dim,
-        ),
-        pixel_mean=list(c.pixel_mean),
-        pixel_std=list(c.pixel_std),
-    ).eval()
+from oracle import build_official  # noqa: E402
 
 
 def random_pair(seed: int, config: SamConfig = TINY, logit_gain: float = 30.0):
     """(official, segany) models with identical, fully randomised weights."""
     torch.manual_seed(seed)
-    off = official_sam(config)
+    off = build_official(config)
     g = torch.Generator().manual_seed(seed)
     sd = off.state_dict()
     for v in sd.values():
