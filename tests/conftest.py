@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # one thread per pytest worker (`-n 2` uses both cores); extra threads only spin when cores are shared
 torch.set_num_threads(1)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from paths import DATA  # noqa: E402
 
 
 @pytest.fixture(scope="session")

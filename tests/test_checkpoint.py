@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import REFERENCE
 
 from segany.build import CONFIGS, TINY, build_sam, sam_model_registry
 from segany.checkpoint import CheckpointError, convert, load_state_dict, read_config, save_safetensors
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import DATA  # noqa: E402
 from PIL import Image
 
 from segany.data import (
@@ -34,7 +34,6 @@ from segany.data.augment import (
 )
 from segany.data.bsds import read_overlap_ids
 
-DATA = Path(os.environ.get("SEGANY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 needs_data = pytest.mark.skipif(not (DATA / "README.md").is_file(), reason=f"shared data not found at {DATA}")
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from paths import DATA
 
 from segany.evaluate import edges
 from segany.evaluate.baselines import canny_soft_edges
 
-BSDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500"
+BSDS = DATA / "bsds500"
 
 
 def rectangle_boundary(

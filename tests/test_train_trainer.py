@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import DATA  # noqa: E402
 
 from segany.build import TINY, build_sam_from_checkpoint
 from segany.train.config import DataConfig, OptimConfig, TrainConfig, load_config
 from segany.train.data import SourceConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 needs_data = pytest.mark.skipif(
     not (DATA / "coco_subsets" / "instances.json").is_file(), reason="no shared data"
