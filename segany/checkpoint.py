@@ -126,21 +126,28 @@ def infer_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_safetensors(
-    path: str | Path, state_dict: Mapping[str, torch.Tensor], config: SamConfig | None = None
+    path: str | Path,
+    state_dict: Mapping[str, torch.Tensor],
+    config: SamConfig | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Write weights (and the config that builds them) atomically: temp file, fsync, rename."""
+    """Write tensors (and the config that builds them, plus any string metadata) atomically: temp file in the
+    same folder, fsync, rename. A crash leaves either the old file or the new one, never half of one."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {CONFIG_METADATA_KEY: config.to_json()} if config is not None else None
+    meta = dict(metadata or {})
+    if config is not None:
+        meta[CONFIG_METADATA_KEY] = config.to_json()
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file(tensors, tmp, metadata=meta or None)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared and shipped
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -38,25 +38,14 @@ class ImageEmbedding:
 
     def save(self, path: str | Path) -> None:
         """Write as safetensors (no pickle), atomically."""
-        import os
-        import tempfile
+        from segany.checkpoint import save_safetensors
 
-        from safetensors.torch import save_file
-
-        path = Path(path)
         meta = {
             "original_size": json.dumps(list(self.original_size)),
             "input_size": json.dumps(list(self.input_size)),
             "model_fingerprint": self.model_fingerprint,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": self.features.detach().cpu().contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_safetensors(path, {"features": self.features}, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> ImageEmbedding:

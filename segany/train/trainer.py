@@ -25,7 +25,6 @@ import math
 import os
 import random
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -140,7 +139,7 @@ def save_training_state(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int
 ) -> None:
     """Write model + optimizer + RNG + config + step to one safetensors file, atomically (temp, fsync, rename)."""
-    from safetensors.torch import save_file
+    from segany.checkpoint import save_safetensors
 
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     osd = optimizer.state_dict()
@@ -158,18 +157,7 @@ def save_training_state(
         "optimizer": json.dumps(groups),
         "rng": json.dumps(rng_m),
     }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_safetensors(path, tensors, metadata=meta)
 
 
 @dataclass
