@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+# the official model is built by the test oracle's builder (one copy of that mapping)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from segany.build import TINY, VIT_B, SamConfig
 from segany.modeling import Sam
@@ -49,51 +54,12 @@ CONFIGS: dict[str, SamConfig] = {
 
 def build_pair(config: SamConfig, seed: int) -> tuple[torch.nn.Module, Sam]:
     """(official, segany) models with identical randomised weights."""
-    from functools import partial
-
-    from segment_anything import modeling as om
+    from oracle import build_official
 
     from segany.build import build_sam
 
     torch.manual_seed(seed)
-    c = config
-    grid = c.image_size // c.patch_size
-    off = om.Sam(
-        image_encoder=om.ImageEncoderViT(
-            depth=c.encoder_depth,
-            embed_dim=c.encoder_embed_dim,
-            img_size=c.image_size,
-            mlp_ratio=c.encoder_mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=c.encoder_num_heads,
-            patch_size=c.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=c.encoder_global_attn_indexes,
-            window_size=c.window_size,
-            out_chans=c.prompt_embed_dim,
-        ),
-        prompt_encoder=om.PromptEncoder(
-            embed_dim=c.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(c.image_size, c.image_size),
-            mask_in_chans=c.mask_in_chans,
-        ),
-        mask_decoder=om.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=om.TwoWayTransformer(
-                depth=c.decoder_depth,
-                embedding_dim=c.prompt_embed_dim,
-                mlp_dim=c.decoder_mlp_dim,
-                num_heads=c.decoder_num_heads,
-            ),
-            transformer_dim=c.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=c.iou_head_hidden_dim,
-        ),
-        pixel_mean=list(c.pixel_mean),
-        pixel_std=list(c.pixel_std),
-    ).eval()
+    off = build_official(config)
     g = torch.Generator().manual_seed(seed)
     sd = off.state_dict()
     for v in sd.values():
