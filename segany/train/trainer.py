@@ -374,7 +374,7 @@ class _StopFlag:
                 signal.signal(sig, h)
 
 
-def _write_loss_png(log_path: Path, png: Path) -> None:
+def _write_loss_png(log_path: Path, png: Path, label: str = "loss") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,7 +385,7 @@ def _write_loss_png(log_path: Path, png: Path) -> None:
         return
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    lines = ax.plot(steps, [r["loss"] for r in rows], label="loss (20 focal + dice + IoU MSE)")
+    lines = ax.plot(steps, [r["loss"] for r in rows], label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -575,5 +575,7 @@ def train(
     save_training_state(last, model, optimizer, cfg, step)
     export_model(out, model, cfg.model, half=export_fp16)
     if log_path.exists():
-        _write_loss_png(log_path, out / "loss.png")
+        w = cfg.loss
+        label = f"loss ({w.focal:g} focal(α={w.focal_alpha:g}, γ={w.focal_gamma:g}) + {w.dice:g} dice + {w.iou:g} IoU MSE)"
+        _write_loss_png(log_path, out / "loss.png", label)
     return TrainResult(step=step, out_dir=out, losses=losses, stopped_early=stopped_early)
