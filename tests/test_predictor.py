@@ -166,3 +166,20 @@ def test_cli_rejects_bad_point(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "x.png", "--point", "1,2,3,4", "--out", "o"])
     assert "--point" in capsys.readouterr().err
+
+
+def test_shipped_default_model_loads_and_predicts():
+    """The README's main job: the shipped weights build the architecture they describe and answer a click."""
+    from segany.build import DEFAULT_WEIGHTS
+    from segany.checkpoint import read_config
+
+    config = read_config(DEFAULT_WEIGHTS)
+    assert config is not None and DEFAULT_WEIGHTS.stat().st_size < 50 * 2**20
+    model = sam_model_registry["default"]()
+    assert model.image_encoder.img_size == config.image_size
+    p = SamPredictor(model)
+    p.set_image(np.full((60, 90, 3), 128, np.uint8))
+    masks, iou, low = p.predict(point_coords=np.array([[45.0, 30.0]]), point_labels=np.array([1]))
+    side = 4 * config.embedding_size
+    assert masks.shape == (3, 60, 90) and iou.shape == (3,) and low.shape == (3, side, side)
+    assert np.isfinite(iou).all() and np.isfinite(low).all()
