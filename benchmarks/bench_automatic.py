@@ -53,26 +53,10 @@ CONFIGS: dict[str, SamConfig] = {
 
 
 def build_pair(config: SamConfig, seed: int) -> tuple[torch.nn.Module, Sam]:
-    """(official, segany) models with identical randomised weights."""
-    from oracle import build_official
+    """(official, segany) models with identical randomised weights (the tests' builder)."""
+    from oracle import amg_twin_models
 
-    from segany.build import build_sam
-
-    torch.manual_seed(seed)
-    off = build_official(config)
-    g = torch.Generator().manual_seed(seed)
-    sd = off.state_dict()
-    for v in sd.values():
-        if v.is_floating_point():
-            scale = max(float(v.std()) if v.numel() > 1 else 0.0, 0.05)
-            v.add_(torch.randn(v.shape, generator=g) * scale * 0.5)
-    for i in range(4):
-        for name in ("weight", "bias"):
-            sd[f"mask_decoder.output_hypernetworks_mlps.{i}.layers.2.{name}"] *= 30.0
-    off.load_state_dict(sd)
-    ours = build_sam(config)
-    ours.load_state_dict(sd)
-    return off, ours
+    return amg_twin_models(config, seed)
 
 
 def smooth_image(seed: int, h: int, w: int) -> np.ndarray:

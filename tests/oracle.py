@@ -95,3 +95,24 @@ def twin_models(config: SamConfig, seed: int = 0) -> tuple[Sam, nn.Module]:
     theirs = build_official(config)
     theirs.load_state_dict(sd)
     return ours, theirs
+
+
+def amg_twin_models(config: SamConfig, seed: int, logit_gain: float = 30.0) -> tuple[nn.Module, Sam]:
+    """(official, segany) with identical random weights perturbed around the default init, and hypernetwork
+    outputs scaled so random models give logits large enough for the automatic generator's thresholds."""
+    torch.manual_seed(seed)
+    off = build_official(config)
+    g = torch.Generator().manual_seed(seed)
+    sd = off.state_dict()
+    for v in sd.values():
+        if v.is_floating_point():
+            scale = max(float(v.std()) if v.numel() > 1 else 0.0, 0.05)
+            v.add_(torch.randn(v.shape, generator=g) * scale * 0.5)
+    # Random hypernetworks give logits of about +-0.1; scale them so thresholds and stability mean something.
+    for i in range(4):
+        for name in ("weight", "bias"):
+            sd[f"mask_decoder.output_hypernetworks_mlps.{i}.layers.2.{name}"] *= logit_gain
+    off.load_state_dict(sd)
+    ours = build_sam(config)
+    ours.load_state_dict(sd)
+    return off, ours

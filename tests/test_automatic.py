@@ -15,31 +15,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from segany.automatic import SA1B_PRESET, SamAutomaticMaskGenerator, _GridDecoder, _upsample
-from segany.build import TINY, SamConfig, build_sam
+from segany.build import TINY
 from segany.masks import decode_rle, rle_to_mask
 
 sa = pytest.importorskip("segment_anything")
-from oracle import build_official  # noqa: E402
-
-
-def random_pair(seed: int, config: SamConfig = TINY, logit_gain: float = 30.0):
-    """(official, segany) models with identical, fully randomised weights."""
-    torch.manual_seed(seed)
-    off = build_official(config)
-    g = torch.Generator().manual_seed(seed)
-    sd = off.state_dict()
-    for v in sd.values():
-        if v.is_floating_point():
-            scale = max(float(v.std()) if v.numel() > 1 else 0.0, 0.05)
-            v.add_(torch.randn(v.shape, generator=g) * scale * 0.5)
-    # Random hypernetworks give logits of about +-0.1; scale them so thresholds and stability mean something.
-    for i in range(4):
-        for name in ("weight", "bias"):
-            sd[f"mask_decoder.output_hypernetworks_mlps.{i}.layers.2.{name}"] *= logit_gain
-    off.load_state_dict(sd)
-    ours = build_sam(config)
-    ours.load_state_dict(sd)
-    return off, ours
+from oracle import amg_twin_models  # noqa: E402
 
 
 def smooth_image(seed: int, h: int = 200, w: int = 300) -> np.ndarray:
@@ -93,7 +73,7 @@ LOW = {
 
 @pytest.fixture(scope="module")
 def pair():
-    return random_pair(0)
+    return amg_twin_models(TINY, 0)
 
 
 @pytest.mark.parametrize(
