@@ -205,12 +205,17 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
 CONFIGS: dict[str, SamConfig] = {"vit_b": VIT_B, "vit_l": VIT_L, "vit_h": VIT_H, "tiny": TINY}
 
 
-def load_model(kind: str = "default", checkpoint: str | Path | None = None, device: str = "cpu") -> Sam:
-    """Registry lookup with a clear error for an unknown kind; the model is put on `device` in eval mode."""
+def check_kind(kind: str) -> None:
+    """Raise ValueError naming the choices if `kind` is not in the registry (one message for every entry point)."""
     if kind not in sam_model_registry:
         raise ValueError(
             f"unknown model kind {kind!r}; choose one of {', '.join(sorted(sam_model_registry))}"
         )
+
+
+def load_model(kind: str = "default", checkpoint: str | Path | None = None, device: str = "cpu") -> Sam:
+    """Registry lookup with a clear error for an unknown kind; the model is put on `device` in eval mode."""
+    check_kind(kind)
     if kind in ("vit_b", "vit_l", "vit_h") and checkpoint is None:
         raise ValueError(f"--model {kind} needs --checkpoint (official weights cannot be downloaded here)")
     return sam_model_registry[kind](checkpoint=checkpoint).to(device).eval()

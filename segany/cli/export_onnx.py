@@ -28,11 +28,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import onnxruntime as ort
 
-    from segany.build import sam_model_registry
+    from segany.build import check_kind, sam_model_registry
     from segany.onnx_export import dummy_inputs, export_decoder
 
-    if args.model not in sam_model_registry:
-        print(f"error: unknown --model {args.model!r}; choose from {', '.join(sorted(sam_model_registry))}")
+    try:
+        check_kind(args.model)
+    except ValueError as err:
+        print(f"error: --model: {err}")
         return 2
     sam = sam_model_registry[args.model](checkpoint=args.checkpoint).eval()
     t0 = time.perf_counter()

@@ -84,12 +84,12 @@ class ModelService:
             if self._sam is None:
                 import torch
 
-                from segany.build import sam_model_registry
+                from segany.build import check_kind, sam_model_registry
 
-                if self.spec.kind not in sam_model_registry:
-                    raise ModelUnavailable(
-                        f"unknown model kind {self.spec.kind!r}; choose from {sorted(sam_model_registry)}"
-                    )
+                try:
+                    check_kind(self.spec.kind)
+                except ValueError as err:
+                    raise ModelUnavailable(str(err)) from err
                 torch.manual_seed(self.spec.seed)
                 try:
                     self._sam = sam_model_registry[self.spec.kind](checkpoint=self.spec.checkpoint).eval()
