@@ -15,7 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segany.modeling import (
+    ConvImageEncoder,
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "segany_default.safetensors"
 
@@ -41,8 +48,17 @@ class SamConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     drop_path_rate: float = field(default=0.0, compare=False)
+    # "vit" (SAM's encoder, the fields above) or "conv" (`ConvImageEncoder`: the fields below, patch_size 16)
+    encoder_type: str = "vit"
+    encoder_dims: tuple[int, ...] = (48, 96, 192)
+    encoder_depths: tuple[int, ...] = (2, 2, 4)
+    encoder_detail_chans: int = 8
 
     def __post_init__(self) -> None:
+        if self.encoder_type not in ("vit", "conv"):
+            raise ValueError(f"encoder_type must be 'vit' or 'conv', got {self.encoder_type!r}")
+        if self.encoder_type == "conv" and self.patch_size != 16:
+            raise ValueError("the convolutional encoder has stride 16: patch_size must be 16")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
@@ -105,27 +121,40 @@ TINY = SamConfig(
 )
 
 
+def build_image_encoder(c: SamConfig) -> ImageEncoderViT | ConvImageEncoder:
+    if c.encoder_type == "conv":
+        return ConvImageEncoder(
+            img_size=c.image_size,
+            dims=c.encoder_dims,
+            depths=c.encoder_depths,
+            out_chans=c.prompt_embed_dim,
+            detail_chans=c.encoder_detail_chans,
+            drop_path_rate=c.drop_path_rate,
+        )
+    return ImageEncoderViT(
+        img_size=c.image_size,
+        patch_size=c.patch_size,
+        embed_dim=c.encoder_embed_dim,
+        depth=c.encoder_depth,
+        num_heads=c.encoder_num_heads,
+        mlp_ratio=c.encoder_mlp_ratio,
+        out_chans=c.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),  # type: ignore[arg-type]
+        use_rel_pos=True,
+        rel_pos_zero_init=True,
+        window_size=c.window_size,
+        global_attn_indexes=c.encoder_global_attn_indexes,
+        drop_path_rate=c.drop_path_rate,
+    )
+
+
 def build_sam(config: SamConfig, checkpoint: str | Path | None = None) -> Sam:
     """Build a SAM model from a config; load weights strictly if a checkpoint is given."""
     c = config
     grid = c.embedding_size
     model = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=c.image_size,
-            patch_size=c.patch_size,
-            embed_dim=c.encoder_embed_dim,
-            depth=c.encoder_depth,
-            num_heads=c.encoder_num_heads,
-            mlp_ratio=c.encoder_mlp_ratio,
-            out_chans=c.prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),  # type: ignore[arg-type]
-            use_rel_pos=True,
-            rel_pos_zero_init=True,
-            window_size=c.window_size,
-            global_attn_indexes=c.encoder_global_attn_indexes,
-            drop_path_rate=c.drop_path_rate,
-        ),
+        image_encoder=build_image_encoder(c),
         prompt_encoder=PromptEncoder(
             embed_dim=c.prompt_embed_dim,
             image_embedding_size=(grid, grid),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segany.modeling import Sam
+from segany.modeling import ImageEncoderViT, Sam
 from segany.transforms import ResizeLongestSide
 
 # a prompt may sit this many pixels outside the image (e.g. clicks on the border) before it is refused
@@ -69,7 +69,9 @@ def model_fingerprint(model: Sam) -> str:
     h = hashlib.sha256()
     neck_conv = enc.neck[2]
     assert isinstance(neck_conv, torch.nn.Conv2d)
-    for t in (enc.patch_embed.proj.weight, neck_conv.weight):
+    first = enc.patch_embed.proj.weight if isinstance(enc, ImageEncoderViT) else enc.stem[0].weight
+    assert isinstance(first, torch.Tensor)
+    for t in (first, neck_conv.weight):
         h.update(t.detach().float().cpu().numpy().tobytes())
     h.update(str(enc.img_size).encode())
     return h.hexdigest()[:16]

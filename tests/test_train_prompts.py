@@ -190,3 +190,73 @@ def test_masks_of_several_images_in_one_call_match_one_image_per_call() -> None:
     assert batched == pytest.approx(shared, rel=1e-5, abs=1e-6)
     with pytest.raises(ValueError, match="image_index"):
         run(torch.cat([emb, emb]), None)
+
+
+def test_interior_error_point_is_the_centre_of_the_largest_error() -> None:
+    from segany.train.prompts import interior_error_points
+
+    gt = torch.zeros(2, 32, 32, dtype=torch.bool)
+    gt[:, 4:15, 10:21] = True  # an 11 x 11 object
+    pred = torch.zeros_like(gt)
+    pred[1] = gt[1]
+    pred[1, 20:27, 2:9] = True  # false alarm, 7 x 7, the only error of mask 1
+    pts = interior_error_points(pred, gt, stride=4)
+    # miss: the object's centre cell (row 9, col 15); false alarm: its centre cell (row 23, col 5); x4 + 2
+    assert pts.tolist() == [[15 * 4 + 2, 9 * 4 + 2], [5 * 4 + 2, 23 * 4 + 2]]
+
+
+def test_centre_clicks_follow_the_evaluation_protocol_in_the_simulation() -> None:
+    """With ``center_click_p = 1`` every corrective click lands on the interior of the error, with the truth's
+    label there; the run stays finite and reproducible."""
+    torch.manual_seed(0)
+    model = build_sam(TINY)
+    gt = _blobs(3, 256, seed=5)
+    emb = torch.randn(1, 32, 16, 16)
+    runs = [
+        simulate_interactive(
+            model.prompt_encoder,
+            model.mask_decoder,
+            emb,
+            gt,
+            generator=torch.Generator().manual_seed(1),
+            schedule_generator=torch.Generator().manual_seed(2),
+            n_points=3,
+            n_empty=0,
+            center_click_p=1.0,
+        )
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and len(runs[0]) == 4
+
+
+def test_positional_attention_init_makes_clicks_attend_to_their_place() -> None:
+    """After the init every decoder attention has tied q/k projections scaled by the gain, so comparing a
+    click's Fourier encoding with the image's peaks at the cell under the click (the untied default does not)."""
+    from segany.train.trainer import positional_attention_init
+
+    clicks = [(5, 11), (0, 0), (15, 3), (8, 8), (12, 14)]
+
+    def hits(tied: bool) -> int:
+        n = 0
+        for seed in range(5):
+            torch.manual_seed(seed)
+            model = build_sam(TINY)
+            dec = model.mask_decoder
+            if tied:
+                before = dec.transformer.final_attn_token_to_image.q_proj.weight.clone()
+                assert positional_attention_init(dec, 3.0) == 3 * len(dec.transformer.layers) + 1
+                attn = dec.transformer.final_attn_token_to_image
+                torch.testing.assert_close(attn.q_proj.weight, 3.0 * before)
+                torch.testing.assert_close(attn.k_proj.weight, attn.q_proj.weight)
+            cross = dec.transformer.layers[0].cross_attn_token_to_image
+            grid = model.prompt_encoder.get_dense_pe().flatten(2)[0].T  # 256 cells x C
+            with torch.no_grad():
+                for row, col in clicks:
+                    q = cross.q_proj.weight @ grid[row * 16 + col]
+                    logits = grid @ cross.k_proj.weight.T @ q
+                    pr, pc = divmod(int(logits.argmax()), 16)
+                    n += max(abs(pr - row), abs(pc - col)) <= 1
+        return n
+
+    assert hits(tied=True) >= 20  # 23 / 25 when written
+    assert hits(tied=False) <= 5  # 0 / 25

@@ -342,3 +342,32 @@ def test_fp16_export_is_half_the_size_and_loads(tmp_path: Path) -> None:
     ref = model.state_dict()
     for k, v in loaded.state_dict().items():
         assert v.dtype == ref[k].dtype and torch.equal(v, ref[k].half().to(ref[k].dtype))
+
+
+def test_area_power_favours_large_masks() -> None:
+    import numpy as np
+
+    from segany.data.sample import Sample
+    from segany.train.data import TrainItems
+
+    masks = np.zeros((3, 32, 32), dtype=bool)
+    masks[0, :20, :20] = True  # 400 px
+    masks[1, 0:2, 25:27] = True  # 4 px
+    masks[2, 30:32, 0:2] = True  # 4 px
+
+    class Stream:
+        seed = 0
+
+        def __len__(self) -> int:
+            return 400
+
+        def __getitem__(self, i: int) -> Sample:
+            return Sample(image=np.zeros((32, 32, 3), np.uint8), masks=masks, source="t")
+
+    def share_of_big(power: float) -> float:
+        items = TrainItems(Stream(), masks_per_image=1, min_mask_pixels=1, area_power=power)  # type: ignore[arg-type]
+        return float(np.mean([items[i].masks[0].sum() == 400 for i in range(400)]))
+
+    # uniform: 1/3; area ** 1: 400 / 408
+    assert abs(share_of_big(0.0) - 1 / 3) < 0.08
+    assert share_of_big(1.0) > 0.93

@@ -48,6 +48,9 @@ class DataConfig:
     masks_per_image: int = 16  # the paper samples up to 64 per GPU
     max_mask_fraction: float = 0.9
     min_mask_pixels: int = 16
+    # masks are picked with probability ~ area ** area_power (0: uniform, the paper; 0.5 favours objects over
+    # the many tiny COCO parts, closer to what interactive benchmarks ask for)
+    area_power: float = 0.0
     lsj_scale: tuple[float, float] | None = (0.5, 1.5)  # large-scale jitter; None = plain resize-and-pad
     hflip_p: float = 0.5
     color_jitter_p: float = 0.5
@@ -86,6 +89,12 @@ class TrainConfig:
     batch_size: int = 2
     n_points: int = 8  # corrective points after the first prompt
     n_empty: int = 2  # rounds with only the mask fed back
+    # share of corrective clicks put at the interior-most error pixel (the evaluation protocol's click) instead
+    # of uniformly in the error region (the paper's); 0 is the paper
+    center_click_p: float = 0.0
+    # > 0: tie and scale the decoder's attention projections at the start of a from-scratch run (see
+    # `segany.train.trainer.positional_attention_init`); 0 keeps PyTorch's init (the official code's)
+    decoder_attn_init_gain: float = 0.0
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
     freeze_encoder: bool = False  # decoder-only fine-tuning
@@ -104,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.n_points < 0 or self.n_empty < 0:
             raise ValueError("n_points and n_empty must be >= 0")
+        if not 0.0 <= self.center_click_p <= 1.0:
+            raise ValueError(f"center_click_p must be in [0, 1], got {self.center_click_p}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -113,9 +113,15 @@ class TrainItems(torch.utils.data.Dataset):
     """``[position] -> Item``: the stream's augmented sample, its usable masks, up to ``masks_per_image``."""
 
     def __init__(
-        self, stream: MixedDataset, masks_per_image: int, min_mask_pixels: int = 16, loss_stride: int = 1
+        self,
+        stream: MixedDataset,
+        masks_per_image: int,
+        min_mask_pixels: int = 16,
+        loss_stride: int = 1,
+        area_power: float = 0.0,
     ) -> None:
         self.stream = stream
+        self.area_power = area_power
         self.masks_per_image = masks_per_image
         self.min_mask_pixels = min_mask_pixels
         self.loss_stride = loss_stride
@@ -147,7 +153,11 @@ class TrainItems(torch.utils.data.Dataset):
             raise RuntimeError("20 items in a row had no usable mask; check the data and the augmentation")
         rng = np.random.default_rng([self.stream.seed, index, 1])
         m = len(out.masks)
-        pick = np.sort(rng.choice(m, size=min(m, self.masks_per_image), replace=False))
+        p = None
+        if self.area_power and m > 1:
+            w = out.masks.reshape(m, -1).sum(1).astype(np.float64) ** self.area_power
+            p = w / w.sum()
+        pick = np.sort(rng.choice(m, size=min(m, self.masks_per_image), replace=False, p=p))
         return Item(
             image=torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1))),
             masks=torch.from_numpy(np.ascontiguousarray(out.masks[pick])),

@@ -214,6 +214,8 @@ def pretrain_mae(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     encoder = build_sam(cfg.model).image_encoder
+    if not isinstance(encoder, ImageEncoderViT):
+        raise ValueError("MAE pretraining needs SAM's ViT encoder (model.encoder_type: vit)")
     mae = MAE(encoder, m.decoder_dim, m.decoder_depth, m.decoder_heads, m.mask_ratio).to(dev).train()
     decay = [p for n, p in mae.named_parameters() if p.ndim > 1 and "pos" not in n and "token" not in n]
     no_decay = [

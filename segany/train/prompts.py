@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,13 +47,39 @@ def _check_masks(gt: torch.Tensor) -> torch.Tensor:
 def _sample_pixels(region: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One pixel per row, uniform over the True pixels of ``region`` ``[N, H, W]`` (each row non-empty).
 
-    Returns ``[N, 2]`` long ``(x, y)``.
+    Inverse-CDF sampling (cumulative count + binary search): ``torch.multinomial`` over a 512² frame was a sixth
+    of a CPU training step. Returns ``[N, 2]`` long ``(x, y)``.
     """
     n, _, w = region.shape
-    weights = region.reshape(n, -1).float()
-    # multinomial draws on the generator's device; keep the generator and tensors together
-    idx = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    counts = region.reshape(n, -1).cumsum(1)  # int64
+    total = counts[:, -1]
+    r = (torch.rand(n, generator=generator, device=region.device, dtype=torch.float64) * total).long()
+    idx = torch.searchsorted(counts, torch.minimum(r, total - 1)[:, None], right=True).squeeze(1)
     return torch.stack([idx % w, idx // w], dim=1)
+
+
+def interior_error_points(pred_low: torch.Tensor, gt_low: torch.Tensor, stride: int) -> torch.Tensor:
+    """The evaluation protocol's corrective click, computed at the loss resolution: the error pixel farthest
+    from the error region's border (exact Euclidean distance, frame edge counts as border).
+
+    Arguments:
+      pred_low, gt_low: ``[N, h, w]`` bool; stride: input pixels per low-res cell.
+
+    Returns:
+      ``[N, 2]`` long ``(x, y)`` at the cell's centre in the input frame. A mask with no error gets its
+      foreground's interior-most pixel.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    err = (pred_low ^ gt_low).cpu().numpy()
+    gt = gt_low.cpu().numpy()
+    out = torch.empty(len(err), 2, dtype=torch.long)
+    for i, (e, g) in enumerate(zip(err, gt, strict=True)):
+        region = e if e.any() else g
+        d = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+        out[i, 0], out[i, 1] = int(x) * stride + stride // 2, int(y) * stride + stride // 2
+    return out.to(pred_low.device)
 
 
 def sample_foreground_points(gt: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -198,6 +225,7 @@ def simulate_interactive(
     schedule_generator: torch.Generator | None = None,
     n_points: int = 8,
     n_empty: int = 2,
+    center_click_p: float = 0.0,
     backward: Callable[[torch.Tensor], None] | None = None,
     loss_weight: float = 1.0,
     loss_weights: LossWeights = PAPER,
@@ -220,6 +248,8 @@ def simulate_interactive(
         If None, nothing is back-propagated (evaluation).
       loss_weight: factor on every round's loss (e.g. ``1 / rounds`` for a mean over rounds).
       loss_weights: the loss constants (default: the paper's).
+      center_click_p: share of corrective clicks placed by `interior_error_points` (the evaluation protocol's
+        click) instead of uniformly in the error region (the paper's, 0).
 
     Returns:
       One ``RoundRecord`` per round.
@@ -273,6 +303,13 @@ def simulate_interactive(
                 assert pred is not None
                 pred_full = F.interpolate(pred, size=s, mode="bilinear", align_corners=False)[:, 0] > 0
                 pts, lbl = _error_points(pred_full, grp.gt, generator)
+                if center_click_p > 0:
+                    pick = torch.rand(len(pts), generator=generator, device=dev) < center_click_p
+                    if bool(pick.any()):
+                        stride = s[0] // grp.gt_low.shape[-1]
+                        c = interior_error_points(pred[pick, 0] > 0, grp.gt_low[pick], stride)
+                        pts[pick] = c
+                        lbl[pick] = grp.gt[pick, c[:, 1], c[:, 0]].long()
                 grp.points = torch.cat([grp.points, pts.float()[:, None]], 1)
                 grp.labels = torch.cat([grp.labels, lbl[:, None]], 1)
             points = (grp.points, grp.labels) if grp.points.shape[1] > 0 else None

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from segany.build import CONFIGS, SamConfig, build_sam
-from segany.modeling import Sam
+from segany.modeling import ImageEncoderViT, Sam
 from segany.train.config import OptimConfig, TrainConfig
 from segany.train.data import (
     Item,
@@ -217,9 +217,35 @@ def _init_weights(model: Sam, init: str) -> None:
     if kind == "mae":
         from segany.train.mae import load_mae_encoder
 
+        if not isinstance(model.image_encoder, ImageEncoderViT):
+            raise ValueError("mae:PATH initialises SAM's ViT encoder; this config's encoder is convolutional")
         load_mae_encoder(model.image_encoder, path)
         return
     load_weights_into(model, load_state_dict(path))
+
+
+def positional_attention_init(decoder: nn.Module, gain: float) -> int:
+    """Start every decoder attention as a positional kernel: ``k_proj = q_proj = gain x`` its random init.
+
+    Points reach the image only through attention whose logits compare ``image_pe`` with the point's Fourier
+    encoding. With independent random q/k projections those logits carry no distance information, and a decoder
+    trained from scratch sits on an "all background" plateau for hundreds of steps (measured: a blank image and
+    the target "a disc around the click" still had IoU 0.0 after 300 steps). Tied projections make ``q·k`` a
+    positive-definite form of the encodings, i.e. highest near the click; the gain sharpens it (gain 3: IoU 0.23
+    by step 50 on the same task). Only for training from scratch; loaded weights are not touched.
+    Returns the number of attention layers changed.
+    """
+    from segany.modeling.transformer import Attention
+
+    n = 0
+    with torch.no_grad():
+        for m in decoder.modules():
+            if isinstance(m, Attention):
+                m.q_proj.weight.mul_(gain)
+                m.k_proj.weight.copy_(m.q_proj.weight)
+                m.k_proj.bias.copy_(m.q_proj.bias)
+                n += 1
+    return n
 
 
 def resolve_model_config(cfg: TrainConfig) -> TrainConfig:
@@ -316,6 +342,7 @@ def train_step(
             schedule_generator=sched_gen,
             n_points=cfg.n_points,
             n_empty=cfg.n_empty,
+            center_click_p=cfg.center_click_p,
             backward=backward,
             loss_weight=1.0 / rounds,
             loss_weights=cfg.loss,
@@ -450,6 +477,8 @@ def train(
     model = build_sam(cfg.model)
     if state is None and cfg.init:
         _init_weights(model, cfg.init)
+    elif state is None and cfg.decoder_attn_init_gain > 0:
+        positional_attention_init(model.mask_decoder, cfg.decoder_attn_init_gain)
     if state is not None:
         model.load_state_dict(state.model, strict=True)
     if dev.type == "cuda":
@@ -486,7 +515,9 @@ def train(
     )
     # the loss is taken on the low-res logits: 4x the embedding grid, i.e. one cell per patch_size / 4 pixels
     loss_stride = max(1, cfg.model.patch_size // 4)
-    items = TrainItems(stream, cfg.data.masks_per_image, cfg.data.min_mask_pixels, loss_stride)
+    items = TrainItems(
+        stream, cfg.data.masks_per_image, cfg.data.min_mask_pixels, loss_stride, cfg.data.area_power
+    )
     sampler = StepBatches(cfg.batch_size, start, cfg.steps)
     loader = torch.utils.data.DataLoader(
         items,
