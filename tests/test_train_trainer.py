@@ -371,3 +371,37 @@ def test_area_power_favours_large_masks() -> None:
     # uniform: 1/3; area ** 1: 400 / 408
     assert abs(share_of_big(0.0) - 1 / 3) < 0.08
     assert share_of_big(1.0) > 0.93
+
+
+@needs_data
+def test_sigterm_to_the_process_group_stops_cleanly_with_data_workers(pack: Path, tmp_path: Path) -> None:
+    """A scheduler's pre-emption (or Ctrl-C) signals every process of the group: the data worker must not die
+    first; the trainer stops after its step, saves and exits 0, and a resume continues from there."""
+    cfg = replace(_cfg(pack, steps=500, threads=1), data=replace(_cfg(pack).data, num_workers=1))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "start.json").write_text(cfg.to_json())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLI, "train", str(run / "start.json"), "--out", str(run), "--no-progress"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as under a scheduler
+    )
+    deadline = time.monotonic() + 120
+    signalled = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = run / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            os.killpg(proc.pid, signal.SIGTERM)
+            signalled = True
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert signalled, f"run ended before the signal: rc={proc.returncode} {err!r}"
+    assert proc.returncode == 0, err.decode()[-2000:]
+    from segany.train.trainer import load_training_state
+
+    step = load_training_state(run / "last.safetensors").step
+    assert 2 <= step < 500 and (run / "model.safetensors").exists()

@@ -97,8 +97,18 @@ class Item:
 
 
 def worker_init(worker_id: int) -> None:
-    """One thread per data-loader worker: many workers x many OpenCV/torch threads only fight over cores."""
+    """One thread per data-loader worker: many workers x many OpenCV/torch threads only fight over cores.
+
+    Workers ignore SIGTERM/SIGINT: a signal sent to the whole process group (Ctrl-C, ``pkill -f``, a batch
+    scheduler's pre-emption) must reach the trainer's stop-and-save handler, not kill a worker first, which made
+    the loader raise and the run die without its final save.
+    """
+    import signal
+
     import cv2
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
