@@ -47,8 +47,9 @@ def _check_masks(gt: torch.Tensor) -> torch.Tensor:
 def _sample_pixels(region: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One pixel per row, uniform over the True pixels of ``region`` ``[N, H, W]`` (each row non-empty).
 
-    Inverse-CDF sampling (cumulative count + binary search): ``torch.multinomial`` over a 512² frame was a sixth
-    of a CPU training step. Returns ``[N, 2]`` long ``(x, y)``.
+    Inverse-CDF sampling (cumulative count + binary search): ``torch.multinomial`` took a sixth of the decoder
+    rounds' CPU time (16 masks at 512²: 186 ms per call against 38 ms here, 1 thread). Returns ``[N, 2]`` long
+    ``(x, y)``.
     """
     n, _, w = region.shape
     counts = region.reshape(n, -1).cumsum(1)  # int64
