@@ -119,7 +119,8 @@ def test_saved_embeddings_of_a_conv_model_load_back_and_are_refused_by_another(t
     emb = ImageEmbedding.load(tmp_path / "e.npz")
     p.reset_image()
     p.set_embedding(emb)
-    assert p.predict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([1]))[0].shape == (3, 40, 50)
+    masks = p.predict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([1]))[0]
+    assert masks.shape == (3, 40, 50)
     other = SamPredictor(build_sam(TINY_CONV))  # same config, other random weights
     with pytest.raises(ValueError):
         other.set_embedding(emb)
