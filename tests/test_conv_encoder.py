@@ -8,22 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from segany.build import SamConfig, build_sam, build_sam_from_checkpoint
+from segany.build import TINY, SamConfig, build_sam, build_sam_from_checkpoint
 from segany.checkpoint import save_safetensors
 from segany.modeling import ConvImageEncoder
 from segany.predictor import SamPredictor
 
-TINY_CONV = SamConfig(
-    encoder_type="conv",
-    encoder_dims=(8, 16, 32),
-    encoder_depths=(1, 1, 1),
-    encoder_detail_chans=2,
-    image_size=256,
-    prompt_embed_dim=32,
-    mask_in_chans=8,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-    iou_head_hidden_dim=32,
+# TINY's prompt encoder and decoder with a small convolutional encoder
+TINY_CONV = replace(
+    TINY, encoder_type="conv", encoder_dims=(8, 16, 32), encoder_depths=(1, 1, 1), encoder_detail_chans=2
 )
 
 

@@ -261,6 +261,17 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
         load_config(p)
 
 
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [("center_click_p: 1.5", "center_click_p"), ("decoder_attn_init_gain: -1", "init_gain")],
+)
+def test_config_rejects_out_of_range_training_options(tmp_path: Path, line: str, match: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(line + "\n")
+    with pytest.raises(ValueError, match=match):
+        load_config(p)
+
+
 def test_evaluation_folders_are_refused(tmp_path: Path) -> None:
     from segany.train.data import open_sources
 

@@ -115,6 +115,10 @@ class TrainConfig:
             raise ValueError("n_points and n_empty must be >= 0")
         if not 0.0 <= self.center_click_p <= 1.0:
             raise ValueError(f"center_click_p must be in [0, 1], got {self.center_click_p}")
+        if self.decoder_attn_init_gain < 0:
+            raise ValueError(
+                f"decoder_attn_init_gain must be >= 0 (0: off), got {self.decoder_attn_init_gain}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

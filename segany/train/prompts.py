@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,8 +59,10 @@ def _sample_pixels(region: torch.Tensor, generator: torch.Generator | None) -> t
 
 
 def interior_error_points(pred_low: torch.Tensor, gt_low: torch.Tensor, stride: int) -> torch.Tensor:
-    """The evaluation protocol's corrective click, computed at the loss resolution: the error pixel farthest
-    from the error region's border (exact Euclidean distance, frame edge counts as border).
+    """A corrective click placed the way the evaluation protocol places its clicks, at the loss resolution: the
+    interior-most pixel (`segany.evaluate.clicks.interior_point`) of the whole error region ``pred XOR gt``.
+    (The protocol itself first picks the larger of the missed and the false-alarm pixels; the training click
+    keeps both, so that it also lands on whichever error is thicker.)
 
     Arguments:
       pred_low, gt_low: ``[N, h, w]`` bool; stride: input pixels per low-res cell.
@@ -70,16 +71,15 @@ def interior_error_points(pred_low: torch.Tensor, gt_low: torch.Tensor, stride: 
       ``[N, 2]`` long ``(x, y)`` at the cell's centre in the input frame. A mask with no error gets its
       foreground's interior-most pixel.
     """
-    from scipy.ndimage import distance_transform_edt
+    from segany.evaluate.clicks import interior_point
 
     err = (pred_low ^ gt_low).cpu().numpy()
     gt = gt_low.cpu().numpy()
     out = torch.empty(len(err), 2, dtype=torch.long)
     for i, (e, g) in enumerate(zip(err, gt, strict=True)):
-        region = e if e.any() else g
-        d = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(d)), d.shape)
-        out[i, 0], out[i, 1] = int(x) * stride + stride // 2, int(y) * stride + stride // 2
+        point = interior_point(e if e.any() else g)
+        assert point is not None  # every ground-truth mask is non-empty (checked by the simulation)
+        out[i, 0], out[i, 1] = point[0] * stride + stride // 2, point[1] * stride + stride // 2
     return out.to(pred_low.device)
 
 
