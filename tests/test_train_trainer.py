@@ -416,3 +416,22 @@ def test_sigterm_to_the_process_group_stops_cleanly_with_data_workers(pack: Path
 
     step = load_training_state(run / "last.safetensors").step
     assert 2 <= step < 500 and (run / "model.safetensors").exists()
+
+
+@needs_data
+def test_bf16_training_of_the_conv_encoder_runs_and_keeps_fp32_weights(pack: Path, tmp_path: Path) -> None:
+    """The GPU recipe (configs/default_model.yaml) trains the conv encoder under bf16 autocast; CPU autocast runs
+    the same code path, so a dtype mix-up there fails here instead of on a lent GPU."""
+    from segany.train.trainer import train
+
+    tiny_conv = replace(
+        TINY, encoder_type="conv", encoder_dims=(8, 16, 32), encoder_depths=(1, 1, 1), encoder_detail_chans=2
+    )
+    cfg = _cfg(pack, model=tiny_conv, steps=3, precision="bf16", decoder_attn_init_gain=3.0)
+    res = train(cfg, tmp_path, progress=False)
+    assert len(res.losses) == 3 and all(torch.isfinite(torch.tensor(res.losses)))
+    weights = _weights(tmp_path / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    assert build_sam_from_checkpoint(tmp_path / "model.safetensors").image_encoder.__class__.__name__ == (
+        "ConvImageEncoder"
+    )
