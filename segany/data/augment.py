@@ -212,7 +212,7 @@ def copy_paste(
 
     image = np.where(alpha[:, :, None], src.image, dst.image)
     kept_masks = dst.masks & ~alpha
-    keep = kept_masks.reshape(len(kept_masks), -1).sum(1) >= min_area
+    keep = kept_masks.sum(axis=(1, 2)) >= min_area  # (also right for a dst with no masks left)
     below = dst.select(keep)
     below_masks = kept_masks[keep]
     below_ignore = None if below.ignore is None else below.ignore & ~alpha
