@@ -160,6 +160,22 @@ def test_segment_cli(tmp_path):
     assert len(a) == 2 and [r["segmentation"] for r in a] == [r["segmentation"] for r in b]
 
 
+def test_import_and_cli_help_do_not_load_torch():
+    """`import segany` and `segany --help` stay fast: PyTorch (about 3 s to import here) loads on first use."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import segany\n"
+        "from segany.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help'])\n"
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+        "from segany import SamPredictor\n"
+        "print(SamPredictor.__module__, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "segany.predictor True"], out.stdout
+
+
 def test_cli_rejects_bad_point(capsys):
     from segany.cli import main
 
