@@ -303,7 +303,10 @@ def test_copy_paste_keeps_pixels_and_masks_consistent() -> None:
     # a destination whose crop kept no mask (large-scale jitter can do that) still receives the paste
     empty = Sample(image=dst.image, masks=np.zeros((0, 120, 200), bool), source="synthetic/empty")
     out = copy_paste(empty, src, rng)
-    assert 1 <= len(out.masks) <= 2 and (out.image[out.masks.any(axis=0)] == src_img[out.masks.any(axis=0)]).all()
+    assert (
+        1 <= len(out.masks) <= 2
+        and (out.image[out.masks.any(axis=0)] == src_img[out.masks.any(axis=0)]).all()
+    )
 
 
 def test_color_jitter_changes_pixels_not_masks() -> None:

@@ -260,3 +260,46 @@ def test_positional_attention_init_makes_clicks_attend_to_their_place() -> None:
 
     assert hits(tied=True) >= 20  # 23 / 25 when written
     assert hits(tied=False) <= 5  # 0 / 25
+
+
+def test_single_mask_first_weight_trains_token_0_on_one_point_only_when_asked() -> None:
+    """The paper leaves mask token 0 untrained on a single point; `single_mask_first_weight` adds ``weight *`` its
+    loss to the point-first group's first call (the box-first group, already single-mask, is unchanged)."""
+    torch.manual_seed(0)
+    sam = build_sam(TINY).train()
+    emb = sam.image_encoder(torch.randn(1, 3, 256, 256)).detach()
+    gt = _blobs(8, 256, 3)
+    hyper0 = sam.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight
+
+    def first_round(weight: float) -> tuple[float, list[float], torch.Tensor]:
+        sam.zero_grad(set_to_none=True)
+        calls: list[float] = []
+
+        def backward(loss: torch.Tensor) -> None:
+            calls.append(float(loss.detach()))
+            loss.backward()
+
+        rec = simulate_interactive(
+            sam.prompt_encoder,
+            sam.mask_decoder,
+            emb,
+            gt,
+            None,
+            torch.Generator().manual_seed(4),
+            torch.Generator().manual_seed(4),
+            n_points=0,
+            n_empty=0,
+            single_mask_first_weight=weight,
+            backward=backward,
+        )
+        assert hyper0.grad is not None
+        return rec[0].loss, calls, hyper0.grad.clone()
+
+    loss0, calls0, grad0 = first_round(0.0)
+    loss1, calls1, grad1 = first_round(1.0)
+    assert len(calls0) == len(calls1) == 2  # a box-first and a point-first group
+    box_call, point_call = 0, 1  # groups run box-first, then point-first
+    assert calls1[box_call] == pytest.approx(calls0[box_call], rel=1e-6)
+    assert calls1[point_call] > calls0[point_call] * 1.2  # token 0's loss was added to the point-first call
+    assert not torch.allclose(grad0, grad1)  # and token 0's hypernetwork gets its gradient
+    assert loss1 == pytest.approx(loss0, rel=1e-6)  # the logged round loss stays the paper's

@@ -263,7 +263,11 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("line", "match"),
-    [("center_click_p: 1.5", "center_click_p"), ("decoder_attn_init_gain: -1", "init_gain")],
+    [
+        ("center_click_p: 1.5", "center_click_p"),
+        ("decoder_attn_init_gain: -1", "init_gain"),
+        ("single_mask_first_weight: -0.5", "single_mask_first_weight"),
+    ],
 )
 def test_config_rejects_out_of_range_training_options(tmp_path: Path, line: str, match: str) -> None:
     p = tmp_path / "bad.yaml"

@@ -95,6 +95,10 @@ class TrainConfig:
     # > 0: tie and scale the decoder's attention projections at the start of a from-scratch run (see
     # `segany.train.trainer.positional_attention_init`); 0 keeps PyTorch's init (the official code's)
     decoder_attn_init_gain: float = 0.0
+    # > 0: on the ambiguous first point also supervise the single-mask token (token 0) against the sampled mask,
+    # with this weight; the paper (0) never trains token 0 on one point, so `multimask_output=False` on a first
+    # click answers with an untrained output
+    single_mask_first_weight: float = 0.0
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
     freeze_encoder: bool = False  # decoder-only fine-tuning
@@ -115,6 +119,8 @@ class TrainConfig:
             raise ValueError("n_points and n_empty must be >= 0")
         if not 0.0 <= self.center_click_p <= 1.0:
             raise ValueError(f"center_click_p must be in [0, 1], got {self.center_click_p}")
+        if self.single_mask_first_weight < 0:
+            raise ValueError(f"single_mask_first_weight must be >= 0, got {self.single_mask_first_weight}")
         if self.decoder_attn_init_gain < 0:
             raise ValueError(
                 f"decoder_attn_init_gain must be >= 0 (0: off), got {self.decoder_attn_init_gain}"

@@ -227,6 +227,7 @@ def simulate_interactive(
     n_points: int = 8,
     n_empty: int = 2,
     center_click_p: float = 0.0,
+    single_mask_first_weight: float = 0.0,
     backward: Callable[[torch.Tensor], None] | None = None,
     loss_weight: float = 1.0,
     loss_weights: LossWeights = PAPER,
@@ -251,6 +252,8 @@ def simulate_interactive(
       loss_weights: the loss constants (default: the paper's).
       center_click_p: share of corrective clicks placed by `interior_error_points` (the evaluation protocol's
         click) instead of uniformly in the error region (the paper's, 0).
+      single_mask_first_weight: weight of an extra loss on mask token 0 (the single-mask output) in ambiguous
+        first-point calls, against the sampled mask; the paper's 0 leaves token 0 untrained on one point.
 
     Returns:
       One ``RoundRecord`` per round.
@@ -317,15 +320,23 @@ def simulate_interactive(
             sparse, dense = prompt_encoder(points=points, boxes=grp.boxes, masks=grp.mask_input)
             # one shared embedding broadcasts inside the decoder; several images: one embedding row per prompt
             emb = image_embedding if single_image else image_embedding[grp.index]
-            logits, iou_pred = mask_decoder(
-                image_embeddings=emb,
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=grp.multimask,
-            )
+            extra = None
+            if grp.multimask and single_mask_first_weight > 0:
+                # all 4 tokens come out of one decoder pass: token 0 costs only its loss
+                all_logits, all_iou = mask_decoder.predict_masks(emb, image_pe, sparse, dense)
+                logits, iou_pred = all_logits[:, 1:], all_iou[:, 1:]
+                extra = sam_loss(all_logits[:, :1].float(), all_iou[:, :1].float(), grp.gt_low, loss_weights)
+            else:
+                logits, iou_pred = mask_decoder(
+                    image_embeddings=emb,
+                    image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=grp.multimask,
+                )
             out: SamLossOutput = sam_loss(logits.float(), iou_pred.float(), grp.gt_low, loss_weights)
-            weighted = out.loss * (grp.gt.shape[0] / n) * loss_weight
+            group_loss = out.loss if extra is None else out.loss + single_mask_first_weight * extra.loss
+            weighted = group_loss * (grp.gt.shape[0] / n) * loss_weight
             if backward is not None:
                 backward(weighted)
             total = total + out.loss.detach() * grp.gt.shape[0] / n

@@ -343,6 +343,7 @@ def train_step(
             n_points=cfg.n_points,
             n_empty=cfg.n_empty,
             center_click_p=cfg.center_click_p,
+            single_mask_first_weight=cfg.single_mask_first_weight,
             backward=backward,
             loss_weight=1.0 / rounds,
             loss_weights=cfg.loss,
