@@ -439,3 +439,42 @@ def test_bf16_training_of_the_conv_encoder_runs_and_keeps_fp32_weights(pack: Pat
     assert build_sam_from_checkpoint(tmp_path / "model.safetensors").image_encoder.__class__.__name__ == (
         "ConvImageEncoder"
     )
+
+
+@needs_data
+def test_a_data_worker_error_ends_the_run_instead_of_hanging(pack: Path, tmp_path: Path) -> None:
+    """Workers ignore SIGTERM, so interpreter exit cannot stop them: the trainer must stop them itself when a
+    worker's exception ends the loop (this once left a crashed 100-minute run hanging, with its worker idle)."""
+    cfg = replace(_cfg(pack, steps=50, threads=1), data=replace(_cfg(pack).data, num_workers=1))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "start.json").write_text(cfg.to_json())
+    code = (
+        "import sys\n"
+        "from segany.train import data\n"
+        "real = data.TrainItems.__getitem__\n"
+        "def failing(self, index):\n"
+        "    if index >= 6:\n"
+        "        raise RuntimeError('boom from the data worker')\n"
+        "    return real(self, index)\n"
+        "data.TrainItems.__getitem__ = failing\n"  # forked workers inherit the patch
+        "from segany.train.config import load_config\n"
+        "from segany.train.trainer import train\n"
+        "train(load_config(sys.argv[1]), sys.argv[2], progress=False)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run / "start.json"), str(run)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its worker: leave nothing behind
+        proc.communicate()
+        pytest.fail("the run hung after its data worker raised")
+    assert proc.returncode != 0 and "boom from the data worker" in err

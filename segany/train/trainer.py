@@ -402,6 +402,24 @@ class _StopFlag:
                 signal.signal(sig, h)
 
 
+@contextmanager
+def _workers_stopped(batches: Any) -> Iterator[None]:
+    """Stop the loader's workers however the loop ends (break, return, an exception from a worker).
+
+    The workers ignore SIGTERM (see `worker_init`), so they must be stopped through their queues: otherwise
+    interpreter exit SIGTERMs them, and waits for them, forever — a crashed run hung instead of exiting.
+    """
+    try:
+        yield
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # multi-process iterators only
+        if shutdown is not None:
+            shutdown()
+            for w in getattr(batches, "_workers", []):
+                if w.is_alive():  # still busy after the loader's own 5 s grace
+                    w.kill()
+
+
 def _write_loss_png(log_path: Path, png: Path, label: str = "loss") -> None:
     import matplotlib
 
@@ -551,8 +569,9 @@ def train(
     step_time = 0.0
     flag = _StopFlag()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, dynamic_ncols=True, desc="train")
-    with flag.installed(), open(log_path, "a") as log:
-        for batch in loader:
+    batches = iter(loader)
+    with flag.installed(), open(log_path, "a") as log, _workers_stopped(batches):
+        for batch in batches:
             ts = time.monotonic()
             set_lr(optimizer, lr_at(step, cfg.steps, cfg.optim))
             stats = train_step(model, optimizer, batch, cfg, step, dev)
