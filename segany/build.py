@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,10 @@ TINY = SamConfig(
     decoder_mlp_dim=64,
     decoder_num_heads=2,
     iou_head_hidden_dim=32,
+)
+# For tests: TINY's prompt encoder and decoder behind a small convolutional encoder (the default model's kind).
+TINY_CONV = replace(
+    TINY, encoder_type="conv", encoder_dims=(8, 16, 32), encoder_depths=(1, 1, 1), encoder_detail_chans=2
 )
 
 

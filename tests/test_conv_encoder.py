@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from segany.build import TINY, SamConfig, build_sam, build_sam_from_checkpoint
+from segany.build import TINY_CONV, SamConfig, build_sam, build_sam_from_checkpoint
 from segany.checkpoint import save_safetensors
 from segany.modeling import ConvImageEncoder
 from segany.predictor import SamPredictor
-
-# TINY's prompt encoder and decoder with a small convolutional encoder
-TINY_CONV = replace(
-    TINY, encoder_type="conv", encoder_dims=(8, 16, 32), encoder_depths=(1, 1, 1), encoder_detail_chans=2
-)
 
 
 @pytest.mark.parametrize("size", [256, 320])

@@ -7,6 +7,7 @@ import torch
 
 from segany.build import TINY, build_sam
 from segany.train.prompts import (
+    RoundRecord,
     jitter_boxes,
     masks_to_boxes,
     noisy_boxes,
@@ -32,6 +33,23 @@ def _blobs(n: int, size: int, seed: int) -> torch.Tensor:
     c = torch.rand(n, 2, generator=g) * size * 0.6 + size * 0.2
     r = torch.rand(n, generator=g) * size * 0.2 + 3
     return ((xx - c[:, 0, None, None]) ** 2 + (yy - c[:, 1, None, None]) ** 2) < r[:, None, None] ** 2
+
+
+def _run_with_backward(
+    sam: torch.nn.Module, emb: torch.Tensor, gt: torch.Tensor, seed: int, **kw: object
+) -> tuple[list[RoundRecord], list[float]]:
+    """One seeded simulation that back-propagates each decoder call's loss; also returns those losses in order."""
+    calls: list[float] = []
+
+    def backward(loss: torch.Tensor) -> None:
+        calls.append(float(loss.detach()))
+        loss.backward()
+
+    g, sg = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    rec = simulate_interactive(
+        sam.prompt_encoder, sam.mask_decoder, emb, gt, None, g, sg, backward=backward, **kw
+    )
+    return rec, calls
 
 
 def test_foreground_points_inside_masks() -> None:
@@ -116,22 +134,7 @@ def test_simulate_interactive_runs_11_rounds_and_reaches_the_encoder() -> None:
     emb = sam.image_encoder(image)
     leaf = emb.detach().requires_grad_(True)
     gt = _blobs(6, 256, 5)
-    calls: list[float] = []
-
-    def backward(loss: torch.Tensor) -> None:
-        calls.append(float(loss.detach()))
-        loss.backward()
-
-    rec = simulate_interactive(
-        sam.prompt_encoder,
-        sam.mask_decoder,
-        leaf,
-        gt,
-        None,
-        torch.Generator().manual_seed(0),
-        torch.Generator().manual_seed(0),
-        backward=backward,
-    )
+    rec, calls = _run_with_backward(sam, leaf, gt, seed=0)
     assert len(rec) == 11
     assert all(0.0 <= r.iou <= 1.0 and r.loss > 0 for r in rec)
     assert 11 <= len(calls) <= 22  # one or two prompt groups per round
@@ -273,24 +276,8 @@ def test_single_mask_first_weight_trains_token_0_on_one_point_only_when_asked() 
 
     def first_round(weight: float) -> tuple[float, list[float], torch.Tensor]:
         sam.zero_grad(set_to_none=True)
-        calls: list[float] = []
-
-        def backward(loss: torch.Tensor) -> None:
-            calls.append(float(loss.detach()))
-            loss.backward()
-
-        rec = simulate_interactive(
-            sam.prompt_encoder,
-            sam.mask_decoder,
-            emb,
-            gt,
-            None,
-            torch.Generator().manual_seed(4),
-            torch.Generator().manual_seed(4),
-            n_points=0,
-            n_empty=0,
-            single_mask_first_weight=weight,
-            backward=backward,
+        rec, calls = _run_with_backward(
+            sam, emb, gt, seed=4, n_points=0, n_empty=0, single_mask_first_weight=weight
         )
         assert hyper0.grad is not None
         return rec[0].loss, calls, hyper0.grad.clone()

@@ -15,7 +15,7 @@ import pytest
 import torch
 from paths import DATA  # noqa: E402
 
-from segany.build import TINY, build_sam_from_checkpoint
+from segany.build import TINY, TINY_CONV, build_sam_from_checkpoint
 from segany.train.config import DataConfig, OptimConfig, TrainConfig, load_config
 from segany.train.data import SourceConfig
 
@@ -428,10 +428,7 @@ def test_bf16_training_of_the_conv_encoder_runs_and_keeps_fp32_weights(pack: Pat
     the same code path, so a dtype mix-up there fails here instead of on a lent GPU."""
     from segany.train.trainer import train
 
-    tiny_conv = replace(
-        TINY, encoder_type="conv", encoder_dims=(8, 16, 32), encoder_depths=(1, 1, 1), encoder_detail_chans=2
-    )
-    cfg = _cfg(pack, model=tiny_conv, steps=3, precision="bf16", decoder_attn_init_gain=3.0)
+    cfg = _cfg(pack, model=TINY_CONV, steps=3, precision="bf16", decoder_attn_init_gain=3.0)
     res = train(cfg, tmp_path, progress=False)
     assert len(res.losses) == 3 and all(torch.isfinite(torch.tensor(res.losses)))
     weights = _weights(tmp_path / "model.safetensors")
