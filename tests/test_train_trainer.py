@@ -261,6 +261,46 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
         load_config(p)
 
 
+def test_config_base_merges_mappings_and_replaces_lists(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "model: {preset: tiny, image_size: 128}\n"
+        "data: {sources: [{root: coco_subsets}, {root: bsds500}], masks_per_image: 3}\n"
+        "optim: {lr: 1.0e-3, milestones: [0.5, 0.9]}\nseed: 1\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text(
+        "base: ../a.yaml\ndata: {sources: [{root: dsb2018_nuclei}]}\noptim: {milestones: [0.7]}\n"
+    )
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nseed: 5\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.model.image_size == 128 and cfg.seed == 5
+    assert [s.root for s in cfg.data.sources] == ["dsb2018_nuclei"]  # a list is replaced, not appended to
+    assert cfg.data.masks_per_image == 3  # a mapping is merged key by key
+    assert cfg.optim.lr == 1.0e-3 and cfg.optim.milestones == (0.7,)
+
+
+def test_config_base_errors_are_clear(tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_text("base: y.yaml\n")
+    (tmp_path / "y.yaml").write_text("base: x.yaml\n")
+    with pytest.raises(ValueError, match=r"loops: x.yaml -> y.yaml -> x.yaml"):
+        load_config(tmp_path / "x.yaml")
+    (tmp_path / "z.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ValueError, match="missing.yaml"):
+        load_config(tmp_path / "z.yaml")
+
+
+def test_cpu_stage_configs_state_only_their_changes() -> None:
+    """Stages 2 and 3 inherit stage 1 (base:); what they resolve to is what trained the shipped model."""
+    s1, s2, s3 = (
+        load_config(REPO / "configs" / n)
+        for n in ("default_model_cpu.yaml", "default_model_cpu_stage2.yaml", "default_model_cpu_stage3.yaml")
+    )
+    assert s1.model == s2.model == s3.model
+    assert (s2.data.min_mask_pixels, s2.data.area_power, s2.decoder_attn_init_gain) == (1024, 1.0, 0.0)
+    assert (s3.optim.lr, s3.center_click_p, s3.single_mask_first_weight, s3.seed) == (5e-4, 0.7, 0.5, 3)
+    assert s3.data == s2.data and s3.optim.warmup_steps == s2.optim.warmup_steps == 20
+
+
 @pytest.mark.parametrize(
     ("line", "match"),
     [

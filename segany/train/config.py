@@ -2,6 +2,8 @@
 
 A YAML file has the sections ``model`` (a preset name of `segany.build.CONFIGS` plus `SamConfig` field
 overrides, or all fields), ``data``, ``optim`` and ``train``; unknown keys are errors, not silently ignored.
+A file may start from another with ``base: other.yaml`` (a path relative to the file): mappings are merged key
+by key, anything else (lists included) is replaced, so a follow-on training stage states only what it changes.
 """
 
 from __future__ import annotations
@@ -182,8 +184,34 @@ def _model_config(raw: dict[str, Any] | SamConfig) -> SamConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
+    return TrainConfig.from_dict(_read_yaml(Path(path), ()))
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's mapping with its ``base:`` chain resolved (base first, this file's keys on top)."""
     import yaml
 
+    path = path.resolve()
+    if path in chain:
+        names = " -> ".join(p.name for p in (*chain, path))
+        raise ValueError(f"config base chain loops: {names}")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    return TrainConfig.from_dict(raw)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at top level, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base must be a file name, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ValueError(f"{path}: base config {base!r} not found at {base_path}")
+    return _merge(_read_yaml(base_path, (*chain, path)), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
