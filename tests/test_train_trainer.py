@@ -90,6 +90,47 @@ def test_pack_roundtrip(pack: Path) -> None:
     assert s.masks.reshape(len(s.masks), -1).any(1).all()
 
 
+def test_a_pack_of_folders_keeps_the_configured_weights(pack: Path, tmp_path: Path) -> None:
+    """`segany train --data PACK` used to draw every packed image alike, whatever the config's folder weights."""
+    import numpy as np
+
+    from segany.data.sample import Sample
+    from segany.train.cache import PackedSamples, pack_sources
+    from segany.train.data import mixed_stream, open_sources, sources_from_pack
+
+    coco = PackedSamples(pack)
+    a = [coco[i] for i in range(4)]
+    # folder "b": 2 images x 3 annotators, as BSDS500's reader yields them; the pack merges them to 2 entries
+    b = [
+        Sample(image=coco[4 + i].image, masks=coco[4 + i].masks, source=f"b/{i}#{k}")
+        for i in range(2)
+        for k in range(3)
+    ]
+    path = tmp_path / "ab.npz"
+    assert pack_sources([("a", a), ("b", b)], path, 256) == {
+        "images": 6,
+        "masks": sum(len(x.masks) for x in a) + 3 * sum(len(coco[4 + i].masks) for i in range(2)),
+    }
+    only_b = PackedSamples(path, origin="b")
+    assert len(only_b) == 2 and only_b.sampling_size == 6
+    assert [only_b[i].source for i in range(2)] == ["b/0", "b/1"]
+    config = [SourceConfig(root="a", weight=1.0), SourceConfig(root="b", weight=0.5)]
+    sources = sources_from_pack(path, config)
+    assert [(s.origin, s.weight, s.kind) for s in sources] == [("a", 1.0, "pack"), ("b", 0.5, "pack")]
+    stream = mixed_stream(open_sources(sources, "/"), [s.weight for s in sources], 10, None, 0.9, 0)
+    np.testing.assert_allclose(stream.p, [4 / 7, 3 / 7])  # 1.0 x 4 items : 0.5 x 6 items, as from the folders
+
+    with pytest.raises(ValueError, match=r"not the configured \['c'\]"):
+        sources_from_pack(path, [*config, SourceConfig(root="c")])
+    with pytest.raises(ValueError, match="no folder 'z'"):
+        PackedSamples(path, origin="z")
+    # a pack that does not record its folders: one uniform source, and the lost weights are said out loud
+    with pytest.warns(UserWarning, match="do not apply"):
+        assert sources_from_pack(pack, config) == [SourceConfig(root=str(pack.resolve()), kind="pack")]
+    with pytest.raises(ValueError, match="does not record its folders"):
+        PackedSamples(pack, origin="a")
+
+
 def test_masks_that_vanish_at_the_loss_resolution_are_not_used() -> None:
     import numpy as np
 

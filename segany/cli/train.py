@@ -73,22 +73,26 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         cfg = replace(cfg, init=args.init)
     if args.data:
-        from segany.train.data import SourceConfig
+        from segany.train.data import SourceConfig, sources_from_pack
 
-        sources = [
-            SourceConfig(root=str(Path(d).resolve()), kind="pack" if d.endswith(".npz") else "auto")
-            for d in args.data
-        ]
+        if len(args.data) == 1 and args.data[0].endswith(".npz") and not args.pack:
+            # a pack of the config's own folders: keep their weights
+            sources = sources_from_pack(args.data[0], cfg.data.sources)
+        else:
+            sources = [
+                SourceConfig(root=str(Path(d).resolve()), kind="pack" if d.endswith(".npz") else "auto")
+                for d in args.data
+            ]
         cfg = replace(cfg, data=replace(cfg.data, sources=sources))
     data_root = args.data_root or cfg.data.root
 
     if args.pack:
-        from segany.train.cache import pack_samples
+        from segany.train.cache import pack_sources
         from segany.train.data import open_sources
 
         readers = open_sources(cfg.data.sources, data_root)
-        counts = pack_samples(
-            (src[i] for src in readers for i in range(len(src))),
+        counts = pack_sources(
+            [(src.root, reader) for src, reader in zip(cfg.data.sources, readers, strict=True)],
             args.pack,
             cfg.model.image_size,
             cfg.data.max_mask_fraction,

@@ -9,20 +9,29 @@ travel to a GPU machine without the raw data.
 BSDS500 yields one sample per (image, annotator); the pack merges the annotators' regions of one image into one
 entry, so the image is stored and sampled once.
 
+A pack made by `pack_sources` also records each entry's training folder (its *origin*) and how many items that
+folder's reader had, so a run reading the pack instead of the folders keeps the config's per-folder sampling
+weights (`PackedSamples(path, origin=...)`, `sampling_size`) — otherwise a pack is one uniformly sampled source.
+
 File format (``numpy.savez``, loaded with ``allow_pickle=False``): ``jpeg`` uint8 blob + ``jpeg_off`` int64
 offsets; ``rle`` uint8 blob of concatenated RLE count strings + ``rle_off``; ``mask_image`` int64 image index per
-mask; ``sizes`` int64 ``[n_images, 2]`` (H, W); ``sources`` a newline-joined utf-8 blob; ``meta`` JSON.
+mask; ``sizes`` int64 ``[n_images, 2]`` (H, W); ``sources`` a newline-joined utf-8 blob; ``meta`` JSON; from
+`pack_sources` also ``origins`` (newline-joined, one per image) and ``meta["origin_items"]``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segany.data.sample import Sample, drop_large_masks
+
+if TYPE_CHECKING:
+    from segany.data.mixed import SampleSource
 
 FORMAT = "segany-pack-v1"
 
@@ -60,6 +69,37 @@ def pack_samples(
     Masks covering more than ``max_mask_fraction`` of the image (paper: 90 %) or fewer than ``min_mask_pixels``
     pixels after resizing are dropped; images left without masks are skipped.
     """
+    return _pack(
+        (("", s) for s in samples), {}, path, long_side, max_mask_fraction, min_mask_pixels, jpeg_quality
+    )
+
+
+def pack_sources(
+    sources: Sequence[tuple[str, SampleSource]],
+    path: str | Path,
+    long_side: int,
+    max_mask_fraction: float = 0.9,
+    min_mask_pixels: int = 16,
+    jpeg_quality: int = 92,
+) -> dict[str, int]:
+    """`pack_samples` over named training folders ``(origin, reader)``, remembering each entry's origin."""
+    names = [name for name, _ in sources]
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"origins must be distinct, non-empty names; got {names}")
+    tagged = ((name, reader[i]) for name, reader in sources for i in range(len(reader)))
+    items = {name: len(reader) for name, reader in sources}
+    return _pack(tagged, items, path, long_side, max_mask_fraction, min_mask_pixels, jpeg_quality)
+
+
+def _pack(
+    tagged: Iterable[tuple[str, Sample]],
+    origin_items: dict[str, int],
+    path: str | Path,
+    long_side: int,
+    max_mask_fraction: float,
+    min_mask_pixels: int,
+    jpeg_quality: int,
+) -> dict[str, int]:
     import cv2
     from pycocotools import mask as mask_utils
 
@@ -68,8 +108,9 @@ def pack_samples(
     mask_image: list[int] = []
     sizes: list[tuple[int, int]] = []
     sources: list[str] = []
+    origins: list[str] = []
     index: dict[str, int] = {}
-    for sample in samples:
+    for origin, sample in tagged:
         s = drop_large_masks(_resize_longest(sample, long_side), max_mask_fraction)
         if len(s.masks) == 0:
             continue
@@ -86,6 +127,7 @@ def pack_samples(
             jpegs.append(buf.tobytes())
             sizes.append((s.height, s.width))
             sources.append(key)
+            origins.append(origin)
         encoded = mask_utils.encode(np.asfortranarray(s.masks.transpose(1, 2, 0).astype(np.uint8)))
         for r in encoded:
             rles.append(r["counts"])
@@ -95,18 +137,25 @@ def pack_samples(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
-    meta = {"format": FORMAT, "long_side": long_side, "max_mask_fraction": max_mask_fraction}
-    np.savez(
-        tmp,
-        jpeg=np.frombuffer(b"".join(jpegs), dtype=np.uint8),
-        jpeg_off=np.cumsum([0] + [len(b) for b in jpegs]).astype(np.int64),
-        rle=np.frombuffer(b"".join(rles), dtype=np.uint8),
-        rle_off=np.cumsum([0] + [len(b) for b in rles]).astype(np.int64),
-        mask_image=np.asarray(mask_image, dtype=np.int64),
-        sizes=np.asarray(sizes, dtype=np.int64),
-        sources=np.frombuffer("\n".join(sources).encode(), dtype=np.uint8),
-        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-    )
+    meta: dict[str, object] = {
+        "format": FORMAT,
+        "long_side": long_side,
+        "max_mask_fraction": max_mask_fraction,
+    }
+    arrays: dict[str, np.ndarray] = {
+        "jpeg": np.frombuffer(b"".join(jpegs), dtype=np.uint8),
+        "jpeg_off": np.cumsum([0] + [len(b) for b in jpegs]).astype(np.int64),
+        "rle": np.frombuffer(b"".join(rles), dtype=np.uint8),
+        "rle_off": np.cumsum([0] + [len(b) for b in rles]).astype(np.int64),
+        "mask_image": np.asarray(mask_image, dtype=np.int64),
+        "sizes": np.asarray(sizes, dtype=np.int64),
+        "sources": np.frombuffer("\n".join(sources).encode(), dtype=np.uint8),
+    }
+    if origin_items:
+        meta["origin_items"] = origin_items
+        arrays["origins"] = np.frombuffer("\n".join(origins).encode(), dtype=np.uint8)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp, allow_pickle=False, **arrays)
     tmp.replace(path)
     return {"images": len(jpegs), "masks": len(rles)}
 
@@ -146,7 +195,8 @@ def decode_rle_counts(counts: bytes, height: int, width: int) -> np.ndarray:
 class PackedSamples:
     """Map-style dataset over a pack: ``[i] -> Sample`` (image at pack resolution, all its masks)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, origin: str | None = None) -> None:
+        """``origin``: only the entries packed from that training folder (a `pack_sources` pack)."""
         with np.load(Path(path), allow_pickle=False) as z:
             self.meta = json.loads(z["meta"].tobytes().decode())
             if self.meta.get("format") != FORMAT:
@@ -156,25 +206,48 @@ class PackedSamples:
             mask_image = z["mask_image"]
             self.sizes = z["sizes"]
             self.sources = z["sources"].tobytes().decode().split("\n")
+            origins = z["origins"].tobytes().decode().split("\n") if "origins" in z.files else None
         order = np.argsort(mask_image, kind="stable")
         bounds = np.searchsorted(mask_image[order], np.arange(len(self.sizes) + 1))
         self._masks_of = [order[bounds[i] : bounds[i + 1]] for i in range(len(self.sizes))]
+        self.origin = origin
+        self.origin_items: dict[str, int] = dict(self.meta.get("origin_items", {}))
+        self._entries = np.arange(len(self.sizes))
+        if origin is not None:
+            if origins is None:
+                raise ValueError(
+                    f"{path}: this pack does not record its folders; re-pack it with `segany train --pack`"
+                )
+            if origin not in self.origin_items:
+                raise ValueError(
+                    f"{path}: no folder {origin!r} in this pack; it has {sorted(self.origin_items)}"
+                )
+            self._entries = np.flatnonzero(np.asarray(origins) == origin)
 
     @property
     def long_side(self) -> int:
         return int(self.meta["long_side"])
 
+    @property
+    def sampling_size(self) -> int:
+        """The item count a folder source would have had: ``weight * sampling_size`` is this source's share.
+
+        It differs from ``len`` where packing merged items (BSDS500's annotators of one image).
+        """
+        return self.origin_items[self.origin] if self.origin is not None else len(self)
+
     def __len__(self) -> int:
-        return len(self.sizes)
+        return len(self._entries)
 
     def num_masks(self, index: int) -> int:
-        return len(self._masks_of[index])
+        return len(self._masks_of[self._entries[index]])
 
     def __getitem__(self, index: int) -> Sample:
         import cv2
 
         if not 0 <= index < len(self):
             raise IndexError(index)
+        index = int(self._entries[index])
         buf = self._jpeg[self._jpeg_off[index] : self._jpeg_off[index + 1]]
         decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if decoded is None:

@@ -25,19 +25,51 @@ from segany.data.mixed import open_source as open_folder
 class SourceConfig:
     """One training source: a dataset folder (layout auto-detected) or a pack file, relative to the data root.
 
-    ``weight`` is a per-image sampling factor (the paper oversamples its manual masks 10x): a source is drawn
-    with probability proportional to ``weight * len(source)``.
+    ``weight`` is a per-item sampling factor (the paper oversamples its manual masks 10x): a source is drawn
+    with probability proportional to ``weight * len(source)`` (for a pack's folder: the folder's item count).
+    ``origin`` (packs only) restricts a pack made by ``segany train --pack`` to the entries of one folder.
     """
 
     root: str
     kind: str = "auto"  # auto | pack
     weight: float = 1.0
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "pack"):
             raise ValueError(f"source kind must be auto or pack, got {self.kind!r}")
         if self.weight <= 0:
             raise ValueError(f"source weight must be > 0, got {self.weight}")
+        if self.origin and self.kind != "pack":
+            raise ValueError(f"origin {self.origin!r} applies to a pack source only (kind: pack)")
+
+
+def sources_from_pack(pack: str | Path, sources: Sequence[SourceConfig]) -> list[SourceConfig]:
+    """The configured folder sources, read from a pack of them, each with its configured weight.
+
+    A pack that does not record its folders (made by `pack_samples`, or an older segany) cannot keep the
+    per-folder weights: it becomes one uniformly sampled source, and a warning says so.
+    """
+    import warnings
+
+    from segany.train.cache import PackedSamples
+
+    root = str(Path(pack).resolve())
+    have = PackedSamples(root).origin_items
+    folders = [s for s in sources if s.kind == "auto"]
+    if not have or not folders:
+        if len({s.weight for s in folders}) > 1:
+            warnings.warn(
+                f"{pack} does not record its folders: the config's per-folder weights "
+                f"{ {s.root: s.weight for s in folders} } do not apply, every packed image is drawn alike "
+                "(re-pack with `segany train CONFIG --pack PATH` to keep them)",
+                stacklevel=2,
+            )
+        return [SourceConfig(root=root, kind="pack")]
+    missing = [s.root for s in folders if s.root not in have]
+    if missing:
+        raise ValueError(f"{pack} holds the folders {sorted(have)}, not the configured {missing}")
+    return [SourceConfig(root=root, kind="pack", weight=s.weight, origin=s.root) for s in folders]
 
 
 def _check_not_evaluation(path: Path) -> None:
@@ -57,7 +89,7 @@ def open_sources(sources: Sequence[SourceConfig], data_root: str | Path) -> list
         if src.kind == "pack":
             from segany.train.cache import PackedSamples
 
-            out.append(PackedSamples(root))
+            out.append(PackedSamples(root, origin=src.origin or None))
         else:
             out.append(open_folder(root, for_training=True))
     return out
@@ -71,7 +103,9 @@ def mixed_stream(
     max_mask_fraction: float,
     seed: int,
 ) -> MixedDataset:
-    sizes = [len(s) for s in sources]
+    from segany.train.cache import PackedSamples
+
+    sizes = [s.sampling_size if isinstance(s, PackedSamples) else len(s) for s in sources]
     return MixedDataset(
         sources,
         weights=[w * n for w, n in zip(weights, sizes, strict=True)],
