@@ -13,6 +13,7 @@ from PIL import Image
 
 from segany.data import (
     DSB2018,
+    ADE20KFolder,
     AugmentConfig,
     BSDSEdges,
     BSDSRegions,
@@ -209,6 +210,38 @@ def test_dsb_one_mask_per_nucleus_file() -> None:
     assert s.masks.any(axis=(1, 2)).all()
     inner = open_source(DATA / "dsb2018_nuclei" / "stage1_train")
     assert isinstance(inner, DSB2018) and inner.ids == ds.ids
+
+
+def test_ade20k_visible_parts_are_the_objects(tmp_path: Path) -> None:
+    street = tmp_path / "images" / "ADE" / "training" / "street"
+    (street / "ADE_x").mkdir(parents=True)
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(street / "ADE_x.jpg")
+    car = np.zeros((20, 30), np.uint8)
+    car[5:15, 5:25] = 255
+    car[5:15, 15:25] = 128  # hidden behind a pole: the pole's pixels, not the car's
+    hidden = np.zeros((20, 30), np.uint8)
+    hidden[0:4, 0:4] = 128  # nothing visible: no object to click on
+    Image.fromarray(car).save(street / "ADE_x" / "instance_000_ADE_x.png")
+    Image.fromarray(hidden).save(street / "ADE_x" / "instance_001_ADE_x.png")
+    Image.fromarray(car).save(street / "ADE_x_seg.png")  # other files beside the image are not instances
+    ds = ADE20KFolder(tmp_path)
+    assert len(ds) == 1
+    s = ds[0]
+    assert s.source == "ade20k/ADE_x" and s.masks.shape == (1, 20, 30) and s.ignore is None
+    assert s.masks[0].sum() == 10 * 10 and s.masks[0, 5:15, 5:15].all()
+    with pytest.raises(ValueError, match="no ADE20K image"):
+        ADE20KFolder(street / "ADE_x")
+
+
+@needs_data
+def test_ade20k_samples_read_with_their_instances() -> None:
+    from segany.evaluate.runs import open_point_dataset
+
+    ds = open_point_dataset(DATA / "ade20k_samples")
+    assert isinstance(ds, ADE20KFolder) and len(ds) == 3
+    s = ds[0]
+    assert s.image.shape == (*s.masks.shape[1:], 3) and 0 < len(s.masks) <= 70
+    assert s.masks.any(axis=(1, 2)).all()
 
 
 # --- sample, augmentation, mixing ------------------------------------------------------------------------

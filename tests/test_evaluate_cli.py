@@ -70,6 +70,26 @@ def test_eval_points_end_to_end(tmp_path, capsys):
     assert "| bench | 1 |" in capsys.readouterr().out
 
 
+def test_eval_points_reads_instance_id_maps(tmp_path):
+    """--mask-kind labels: one VOC-style id map per image, 255 ignored for every object."""
+    root = tmp_path / "voc"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (H, W, 3)).astype(np.uint8)).save(
+        root / "images" / "a.jpg"
+    )
+    ids = np.zeros((H, W), np.uint8)
+    ids[5:20, 5:20], ids[25:40, 30:55], ids[4, :] = 1, 2, 255
+    Image.fromarray(ids).save(root / "masks" / "a.png")
+    out = tmp_path / "out"
+    argv = ("points", "--data", str(root), "--out", str(out), "--max-clicks", "2", "--no-grabcut")
+    assert _run(*argv, "--mask-kind", "labels", "--ignore-label", "255") == 0
+    s = json.loads((out / "points.json").read_text())["datasets"]["voc"]
+    assert s["num_instances"] == 2  # objects 1 and 2; 255 is no object
+    assert _run(*argv) == 0  # read as one binary mask: everything non-zero is one object
+    assert json.loads((out / "points.json").read_text())["datasets"]["voc"]["num_instances"] == 1
+
+
 def test_eval_edges_end_to_end(tmp_path):
     data = write_bsds(tmp_path / "bsds")
     out = tmp_path / "out"

@@ -287,6 +287,24 @@ def test_lr_schedule_and_layer_decay() -> None:
     assert by_name["mask_decoder.iou_prediction_head.layers.2.weight"]["weight_decay"] == o.weight_decay
 
 
+def test_refit_steps_follows_the_time_left_without_undoing_a_decay() -> None:
+    from segany.train.trainer import refit_steps
+
+    ms = (0.6, 0.9)
+    # first fit: 25 steps done at 6.5 s/step, 100 minutes left -> 25 + 923 steps, capped by the config's 4000
+    assert refit_steps(25, 4000, 4000, 6000.0, 6.5, ms) == 948
+    assert refit_steps(25, 4000, 1000, 60000.0, 6.5, ms) == 1000
+    # the machine got faster before the first decay: the schedule grows again
+    assert refit_steps(300, 948, 4000, 4000.0, 4.0, ms) == 1300
+    # after the first decay (step 600 of 948 is past 0.6 x 948 = 568): a fit that would put the decay back
+    # ahead of the step (0.6 x 1300 = 780) is refused; one that keeps it behind is taken
+    assert refit_steps(600, 948, 4000, 2800.0, 4.0, ms) == 948
+    assert refit_steps(600, 948, 4000, 1600.0, 4.0, ms) == 1000
+    # a slower machine late in the run: ends sooner, still after both decays
+    assert refit_steps(900, 948, 4000, 100.0, 10.0, ms) == 910
+    assert refit_steps(900, 948, 4000, 0.0, 10.0, ms) == 901
+
+
 def test_configs_in_the_repo_load() -> None:
     names = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
     assert {"tiny_smoke.yaml", "default_model.yaml", "finetune_vit_b.yaml"} <= set(names)

@@ -1,6 +1,6 @@
 """``segany eval``: the paper's zero-shot experiments on any model, with baselines, tables and plots.
 
-    segany eval points    --data DIR [DIR ...]  clicks on folder benchmarks (images/ + masks/) or COCO folders
+    segany eval points    --data DIR [DIR ...]  clicks on folder benchmarks (images/ + masks/), COCO or ADE20K
     segany eval edges     --data BSDS500_DIR    BSDS500 boundary benchmark (test split), with Canny
     segany eval proposals --data COCO_DIR       mask AR@10/100/1000 of automatic proposals
     segany eval instances --data COCO_DIR       mask AP of box-prompted masks (--detections or GT boxes)
@@ -34,6 +34,19 @@ def add_parser(subparsers: Any) -> None:
     add_model_args(p)
     p.add_argument("--max-clicks", type=int, default=20, help="points: clicks per object (20)")
     p.add_argument("--no-grabcut", action="store_true", help="points: skip the GrabCut baseline")
+    p.add_argument(
+        "--mask-kind",
+        choices=("binary", "labels"),
+        default="binary",
+        help="points, images/ + masks/ folders: one object per mask file (binary; 128 = ignore) or one "
+        "instance-id map per image (labels: VOC/SBD/DAVIS-style)",
+    )
+    p.add_argument(
+        "--ignore-label",
+        type=int,
+        default=None,
+        help="points, --mask-kind labels: id ignored for every object (e.g. 255)",
+    )
     p.add_argument("--split", default="test", help="edges: BSDS500 split (test)")
     p.add_argument("--workers", type=int, default=1, help="edges: processes for benchmark scoring (1)")
     p.add_argument("--annotations", default=None, help="proposals/instances: COCO file (DATA/instances.json)")
@@ -88,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             args.max_clicks,
             not args.no_grabcut,
             progress,
+            args.mask_kind,
+            args.ignore_label,
         )
     elif args.kind == "edges":
         payload = runs.run_edges(

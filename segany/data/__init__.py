@@ -10,6 +10,7 @@ Readers (all map-style: ``len(ds)``, ``ds[i] -> Sample``; numpy only):
 * :class:`MaskFolder` (``folders``): ``images/`` + ``masks/`` (GrabCut, Berkeley, and your own data; the format
   is documented in :mod:`segany.data.folders`).
 * :class:`SA1BFolder` (``mixed``) over :mod:`segany.data.sa1b` files.
+* :class:`ADE20KFolder` (``ade20k``): ADE20K images with their instance folders (visible parts), for evaluation.
 
 Training: :class:`MixedDataset`, :func:`open_source`, :class:`AugmentConfig`, :func:`augment_sample` and the single
 operations in :mod:`segany.data.augment`; :func:`drop_large_masks` (the paper's > 90 % filter).
@@ -23,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # real types for mypy; at run time the names come from __getattr__ below
+    from segany.data.ade20k import ADE20KFolder
     from segany.data.augment import AugmentConfig, augment_sample
     from segany.data.bsds import BSDSEdges, BSDSRegions, EdgeSample
     from segany.data.coco import CocoInstances
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # real types for mypy; at run time the names come from __geta
     from segany.data.sample import Sample, drop_large_masks
 
 _EXPORTS = {
+    "ADE20KFolder": "ade20k",
     "Sample": "sample",
     "drop_large_masks": "sample",
     "CocoInstances": "coco",
@@ -48,6 +51,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ADE20KFolder",
     "AugmentConfig",
     "BSDSEdges",
     "BSDSRegions",

@@ -31,14 +31,25 @@ def _progress(items: Iterable[T], total: int, desc: str, enabled: bool) -> Itera
     return tqdm(items, total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
-def open_point_dataset(path: str | Path) -> Any:
-    """A folder benchmark (``images/`` + ``masks/``) or a COCO folder (``instances.json`` + ``images/``)."""
+def open_point_dataset(path: str | Path, mask_kind: str = "binary", ignore_label: int | None = None) -> Any:
+    """A folder benchmark (``images/`` + ``masks/``), a COCO folder (``instances.json`` + ``images/``) or ADE20K.
+
+    ``mask_kind`` and ``ignore_label`` are `MaskFolder`'s ``kind`` and ``ignore_label``: ``labels`` reads one
+    instance-id map per image (VOC/SBD/DAVIS-style), with ``ignore_label`` (e.g. 255) ignored for every object.
+    """
+    from segany.data.ade20k import ADE20KFolder, looks_like_ade20k
     from segany.data.coco import CocoInstances
     from segany.data.folders import MaskFolder
 
     root = Path(path)
     if (root / "instances.json").is_file():
         return CocoInstances(root, for_training=False)
+    if not (root / "masks").is_dir() and looks_like_ade20k(root):
+        return ADE20KFolder(root)
+    if mask_kind == "labels":
+        return MaskFolder(root, kind="labels", ignore_label=ignore_label)
+    if mask_kind != "binary":
+        raise ValueError(f"mask kind must be 'binary' or 'labels', got {mask_kind!r}")
     return MaskFolder(root)
 
 
@@ -54,12 +65,14 @@ def run_points(
     max_clicks: int = click_protocol.DEFAULT_MAX_CLICKS,
     grabcut: bool = True,
     progress: bool = True,
+    mask_kind: str = "binary",
+    ignore_label: int | None = None,
 ) -> dict[str, Any]:
     """Click protocol (``segany.evaluate.clicks``) on each dataset, with GrabCut-from-box alongside."""
     per_dataset: dict[str, Any] = {}
     for path in datasets:
         name = Path(path).name
-        ds = open_point_dataset(path)
+        ds = open_point_dataset(path, mask_kind, ignore_label)
         n = len(ds) if limit is None else min(limit, len(ds))
         results: list[click_protocol.InstanceResult] = []
         grabcut_ious: list[float] = []

@@ -52,6 +52,7 @@ from segany.train.prompts import simulate_interactive
 
 TRAIN_FORMAT = "segany-train-v1"
 _FIT_SKIP, _FIT_AFTER = 5, 25  # steps ignored (warm-up of kernels and workers) / measured, for fit_to_budget
+_REFIT_EVERY = 50  # then re-measured every so many steps: a machine's load changes during a long run
 LAST = "last.safetensors"
 
 
@@ -63,6 +64,19 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     drops = sum(step >= int(m * total) for m in cfg.milestones)
     return cfg.lr * cfg.gamma**drops
+
+
+def refit_steps(
+    step: int, steps: int, cap: int, left_s: float, per_step_s: float, milestones: tuple[float, ...]
+) -> int:
+    """The schedule length that fits the time left, or ``steps`` where changing it would disturb the lr.
+
+    The new length never exceeds ``cap`` (the config's own) and never moves a milestone across ``step``: a
+    decay already taken stays taken (else the lr would jump back up) and one still ahead stays ahead.
+    """
+    fit = min(cap, step + max(int(left_s / per_step_s), 1))
+    same_side = all((step >= int(m * steps)) == (step >= int(m * fit)) for m in milestones)
+    return fit if same_side and fit > step else steps
 
 
 _TOKENS = ("point_embeddings", "not_a_point_embed", "no_mask_embed", "iou_token", "mask_tokens")
@@ -474,7 +488,8 @@ def train(
         for a kill; the periodic checkpoints are what a resume then starts from.
       export_fp16: write ``model.safetensors`` in float16 (half the size; loads into float32 models).
       fit_to_budget: with a time budget, measure the speed over the first steps and shorten ``steps`` (and with
-        it the lr milestones) to what fits, so that a budget-limited run still anneals.
+        it the lr milestones) to what fits, so that a budget-limited run still anneals; re-measured every 50
+        steps (`refit_steps`), so a machine that gets busier or freer later still ends on its decayed lr.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -568,6 +583,7 @@ def train(
     stopped_early = False
     step_time = 0.0
     flag = _StopFlag()
+    cap_steps = cfg.steps  # a budget fit may shorten the schedule and lengthen it again, never beyond this
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, dynamic_ncols=True, desc="train")
     batches = iter(loader)
     with flag.installed(), open(log_path, "a") as log, _workers_stopped(batches):
@@ -601,15 +617,22 @@ def train(
             if stop_after is not None and step - start >= stop_after:
                 bar.close()
                 return TrainResult(step=step, out_dir=out, losses=losses, stopped_early=True)
-            if fit_to_budget and time_budget_min is not None and step - start == _FIT_AFTER:
-                # shrink the schedule so that its lr decay happens inside the budget (saved with checkpoints)
-                per_step = (time.monotonic() - t_fit) / (_FIT_AFTER - _FIT_SKIP)
+            done = step - start
+            if (
+                fit_to_budget
+                and time_budget_min is not None
+                and done >= _FIT_AFTER
+                and (done - _FIT_AFTER) % _REFIT_EVERY == 0
+            ):
+                # fit the schedule to the budget so that its lr decay happens inside it (saved with checkpoints);
+                # re-measured as the run goes, from the mean step time since the warm-up steps
+                per_step = (time.monotonic() - t_fit) / (done - _FIT_SKIP)
                 left_s = time_budget_min * 60 - (time.monotonic() - t0) - 30.0  # keep 30 s for the saves
-                fit = step + max(int(left_s / per_step), 1)
-                if fit < cfg.steps:
+                fit = refit_steps(step, cfg.steps, cap_steps, left_s, per_step, cfg.optim.milestones)
+                if abs(fit - cfg.steps) > max(2, cfg.steps // 100):  # 1 %: not on every wobble
                     cfg = replace(cfg, steps=fit)
                     bar.total = fit
-                    bar.write(f"time budget: schedule shortened to {fit} steps ({per_step:.2f} s/step)")
+                    bar.write(f"time budget: schedule set to {fit} steps ({per_step:.2f} s/step)")
             if step - start == _FIT_SKIP:
                 t_fit = time.monotonic()
             if step >= cfg.steps:
