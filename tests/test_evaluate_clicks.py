@@ -70,6 +70,26 @@ def test_interior_point_exact_edt_with_border_padding():
     assert interior_point(np.zeros((3, 3), bool)) is None
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_interior_point_matches_the_whole_image_transform(seed):
+    """The bounding-box shortcut gives the whole padded image's answer, ties and border contacts included."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(8, 60, 2)
+    region = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(1, 5))):  # blobs and bars, some touching the image border
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        region[
+            max(0, y - rng.integers(0, 12)) : y + rng.integers(1, 12),
+            max(0, x - rng.integers(0, 12)) : x + rng.integers(1, 12),
+        ] = True
+    region &= rng.random((h, w)) > 0.05 * (seed % 2)  # odd seeds: speckled, many equal maxima
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    assert interior_point(region) == (int(x), int(y))
+
+
 def test_perfect_predictor_gives_miou_1_and_noc_1():
     gt = square(10, 20)
     pred = ScriptedPredictor(lambda i, multi: ([gt] * 3, [0.2, 0.9, 0.5]) if multi else ([gt], [0.9]))

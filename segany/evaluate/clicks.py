@@ -84,11 +84,19 @@ def interior_point(region: np.ndarray) -> tuple[int, int] | None:
     """
     if region.ndim != 2:
         raise ValueError(f"region must be 2-D, got shape {region.shape}")
-    if not region.any():
+    region = region.astype(bool, copy=False)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if rows.size == 0:
         return None
-    dist = ndimage.distance_transform_edt(np.pad(region.astype(bool), 1))[1:-1, 1:-1]
+    # Only the region's bounding box: everything outside it is background, so the one-pixel ring of padding
+    # around the box is as near as any outside pixel can be, and the distances, the maximum and its row-major
+    # tie-break are those of the whole padded image — at a fraction of the cost on large images (3 MP ADE20K
+    # images: ~0.3 s per click before).
+    y0, x0 = int(rows[0]), int(cols[0])
+    box = region[y0 : int(rows[-1]) + 1, x0 : int(cols[-1]) + 1]
+    dist = ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(x), int(y)
+    return int(x) + x0, int(y) + y0
 
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
