@@ -122,6 +122,12 @@ def test_a_pack_of_folders_keeps_the_configured_weights(pack: Path, tmp_path: Pa
 
     with pytest.raises(ValueError, match=r"not the configured \['c'\]"):
         sources_from_pack(path, [*config, SourceConfig(root="c")])
+    with pytest.warns(UserWarning, match=r"\['b'\] are not in the config"):
+        assert [s.origin for s in sources_from_pack(path, config[:1])] == ["a"]
+    # a pack of other folders than the config's replaces them, as --data always did
+    assert sources_from_pack(path, [SourceConfig(root="c")]) == [
+        SourceConfig(root=str(path.resolve()), kind="pack")
+    ]
     with pytest.raises(ValueError, match="no folder 'z'"):
         PackedSamples(path, origin="z")
     # a pack that does not record its folders: one uniform source, and the lost weights are said out loud

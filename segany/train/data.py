@@ -47,7 +47,8 @@ class SourceConfig:
 def sources_from_pack(pack: str | Path, sources: Sequence[SourceConfig]) -> list[SourceConfig]:
     """The configured folder sources, read from a pack of them, each with its configured weight.
 
-    A pack that does not record its folders (made by `pack_samples`, or an older segany) cannot keep the
+    A pack of none of the configured folders replaces them (one uniformly sampled source); packed folders the
+    config does not name are left out, with a warning. A pack that does not record its folders (made by `pack_samples`, or an older segany) cannot keep the
     per-folder weights: it becomes one uniformly sampled source, and a warning says so.
     """
     import warnings
@@ -57,6 +58,8 @@ def sources_from_pack(pack: str | Path, sources: Sequence[SourceConfig]) -> list
     root = str(Path(pack).resolve())
     have = PackedSamples(root).origin_items
     folders = [s for s in sources if s.kind == "auto"]
+    if have and not any(s.root in have for s in folders):
+        return [SourceConfig(root=root, kind="pack")]  # a pack of other data: it replaces the config's
     if not have or not folders:
         if len({s.weight for s in folders}) > 1:
             warnings.warn(
@@ -69,6 +72,11 @@ def sources_from_pack(pack: str | Path, sources: Sequence[SourceConfig]) -> list
     missing = [s.root for s in folders if s.root not in have]
     if missing:
         raise ValueError(f"{pack} holds the folders {sorted(have)}, not the configured {missing}")
+    unused = sorted(set(have) - {s.root for s in folders})
+    if unused:
+        warnings.warn(
+            f"{pack}: folders {unused} are not in the config's data sources and are left out", stacklevel=2
+        )
     return [SourceConfig(root=root, kind="pack", weight=s.weight, origin=s.root) for s in folders]
 
 
