@@ -117,7 +117,9 @@ def test_a_pack_of_folders_keeps_the_configured_weights(pack: Path, tmp_path: Pa
     config = [SourceConfig(root="a", weight=1.0), SourceConfig(root="b", weight=0.5)]
     sources = sources_from_pack(path, config)
     assert [(s.origin, s.weight, s.kind) for s in sources] == [("a", 1.0, "pack"), ("b", 0.5, "pack")]
-    stream = mixed_stream(open_sources(sources, "/"), [s.weight for s in sources], 10, None, 0.9, 0)
+    readers = open_sources(sources, "/")
+    assert readers[0]._jpeg is readers[1]._jpeg  # type: ignore[attr-defined]  # the pack is read once
+    stream = mixed_stream(readers, [s.weight for s in sources], 10, None, 0.9, 0)
     np.testing.assert_allclose(stream.p, [4 / 7, 3 / 7])  # 1.0 x 4 items : 0.5 x 6 items, as from the folders
 
     with pytest.raises(ValueError, match=r"not the configured \['c'\]"):

@@ -11,7 +11,7 @@ entry, so the image is stored and sampled once.
 
 A pack made by `pack_sources` also records each entry's training folder (its *origin*) and how many items that
 folder's reader had, so a run reading the pack instead of the folders keeps the config's per-folder sampling
-weights (`PackedSamples(path, origin=...)`, `sampling_size`) — otherwise a pack is one uniformly sampled source.
+weights (`PackedSamples.of_origin`, `sampling_size`) — otherwise a pack is one uniformly sampled source.
 
 File format (``numpy.savez``, loaded with ``allow_pickle=False``): ``jpeg`` uint8 blob + ``jpeg_off`` int64
 offsets; ``rle`` uint8 blob of concatenated RLE count strings + ``rle_off``; ``mask_image`` int64 image index per
@@ -21,10 +21,11 @@ mask; ``sizes`` int64 ``[n_images, 2]`` (H, W); ``sources`` a newline-joined utf
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -192,37 +193,55 @@ def decode_rle_counts(counts: bytes, height: int, width: int) -> np.ndarray:
     return flat.reshape(width, height).T
 
 
+def read_pack_meta(path: str | Path) -> dict[str, Any]:
+    """A pack's ``meta`` record alone (the npz members are read lazily: no image or mask data is loaded)."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        meta: dict[str, Any] = json.loads(z["meta"].tobytes().decode())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file")
+    return meta
+
+
 class PackedSamples:
     """Map-style dataset over a pack: ``[i] -> Sample`` (image at pack resolution, all its masks)."""
 
     def __init__(self, path: str | Path, origin: str | None = None) -> None:
         """``origin``: only the entries packed from that training folder (a `pack_sources` pack)."""
-        with np.load(Path(path), allow_pickle=False) as z:
-            self.meta = json.loads(z["meta"].tobytes().decode())
-            if self.meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not a {FORMAT} file")
+        self.path = Path(path)
+        self.meta = read_pack_meta(self.path)
+        with np.load(self.path, allow_pickle=False) as z:
             self._jpeg, self._jpeg_off = z["jpeg"], z["jpeg_off"]
             self._rle, self._rle_off = z["rle"], z["rle_off"]
             mask_image = z["mask_image"]
             self.sizes = z["sizes"]
             self.sources = z["sources"].tobytes().decode().split("\n")
-            origins = z["origins"].tobytes().decode().split("\n") if "origins" in z.files else None
+            self._origins = (
+                np.asarray(z["origins"].tobytes().decode().split("\n")) if "origins" in z.files else None
+            )
         order = np.argsort(mask_image, kind="stable")
         bounds = np.searchsorted(mask_image[order], np.arange(len(self.sizes) + 1))
         self._masks_of = [order[bounds[i] : bounds[i + 1]] for i in range(len(self.sizes))]
-        self.origin = origin
+        self.origin: str | None = None
         self.origin_items: dict[str, int] = dict(self.meta.get("origin_items", {}))
         self._entries = np.arange(len(self.sizes))
         if origin is not None:
-            if origins is None:
-                raise ValueError(
-                    f"{path}: this pack does not record its folders; re-pack it with `segany train --pack`"
-                )
-            if origin not in self.origin_items:
-                raise ValueError(
-                    f"{path}: no folder {origin!r} in this pack; it has {sorted(self.origin_items)}"
-                )
-            self._entries = np.flatnonzero(np.asarray(origins) == origin)
+            self._entries = self.of_origin(origin)._entries
+            self.origin = origin
+
+    def of_origin(self, origin: str) -> PackedSamples:
+        """The entries packed from one training folder, sharing this pack's loaded data (no second read)."""
+        if self._origins is None:
+            raise ValueError(
+                f"{self.path}: this pack does not record its folders; re-pack it with `segany train --pack`"
+            )
+        if origin not in self.origin_items:
+            raise ValueError(
+                f"{self.path}: no folder {origin!r} in this pack; it has {sorted(self.origin_items)}"
+            )
+        view = copy.copy(self)
+        view.origin = origin
+        view._entries = np.flatnonzero(self._origins == origin)
+        return view
 
     @property
     def long_side(self) -> int:

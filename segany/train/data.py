@@ -48,19 +48,20 @@ def sources_from_pack(pack: str | Path, sources: Sequence[SourceConfig]) -> list
     """The configured folder sources, read from a pack of them, each with its configured weight.
 
     A pack of none of the configured folders replaces them (one uniformly sampled source); packed folders the
-    config does not name are left out, with a warning. A pack that does not record its folders (made by `pack_samples`, or an older segany) cannot keep the
-    per-folder weights: it becomes one uniformly sampled source, and a warning says so.
+    config does not name are left out, with a warning. A pack that does not record its folders (made by
+    `pack_samples`, or an older segany) cannot keep the per-folder weights: it becomes one uniformly sampled
+    source, and a warning says so.
     """
     import warnings
 
-    from segany.train.cache import PackedSamples
+    from segany.train.cache import read_pack_meta
 
     root = str(Path(pack).resolve())
-    have = PackedSamples(root).origin_items
+    have: dict[str, int] = read_pack_meta(root).get("origin_items", {})
     folders = [s for s in sources if s.kind == "auto"]
     if have and not any(s.root in have for s in folders):
         return [SourceConfig(root=root, kind="pack")]  # a pack of other data: it replaces the config's
-    if not have or not folders:
+    if not have:
         if len({s.weight for s in folders}) > 1:
             warnings.warn(
                 f"{pack} does not record its folders: the config's per-folder weights "
@@ -90,14 +91,19 @@ def open_sources(sources: Sequence[SourceConfig], data_root: str | Path) -> list
     """The readers of the configured sources (BSDS readers leave out the benchmark-overlap ids)."""
     if not sources:
         raise ValueError("no data sources configured (data.sources)")
+    from segany.train.cache import PackedSamples
+
     out: list[SampleSource] = []
+    packs: dict[Path, PackedSamples] = {}  # one read of a pack, whatever the number of its folders used
     for src in sources:
         root = Path(src.root) if Path(src.root).is_absolute() else Path(data_root) / src.root
         _check_not_evaluation(root)
         if src.kind == "pack":
-            from segany.train.cache import PackedSamples
-
-            out.append(PackedSamples(root, origin=src.origin or None))
+            key = root.resolve()
+            if key not in packs:
+                packs[key] = PackedSamples(root)
+            pack = packs[key]
+            out.append(pack.of_origin(src.origin) if src.origin else pack)
         else:
             out.append(open_folder(root, for_training=True))
     return out
