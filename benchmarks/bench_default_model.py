@@ -1,4 +1,5 @@
-"""Encoder time per image and decoder time per click of segany's shipped default model.
+"""Encoder time per image, and time per click of segany's shipped default model with and without its graph-cut
+refinement (3 masks per call, as on a first click; 1 mask, as on a corrective click).
 
 python benchmarks/bench_default_model.py --threads 1
 """
@@ -32,15 +33,24 @@ def main() -> None:
         predictor.set_image(image)
         enc.append(time.perf_counter() - t)
     h, w = image.shape[:2]
-    dec = []
-    for _ in range(10):
-        t = time.perf_counter()
-        predictor.predict(point_coords=np.array([[w / 3, h / 2]]), point_labels=np.array([1]))
-        dec.append(time.perf_counter() - t)
     print(
-        f"threads {args.threads}: encoder median {statistics.median(enc[1:]):.3f} s per image "
-        f"(first call {enc[0]:.3f} s); decoder + postprocessing median {statistics.median(dec) * 1000:.1f} ms per click"
+        f"threads {args.threads}, {w}x{h} image: encoder median {statistics.median(enc[1:]):.3f} s per image "
+        f"(first call {enc[0]:.3f} s)"
     )
+    refiner = predictor.refiner
+    point = dict(point_coords=np.array([[w / 3, h / 2]]), point_labels=np.array([1]))
+    for multimask in (True, False):
+        row = []
+        for name, ref in (("network only", None), ("with graph cut", refiner)):
+            predictor.refiner = ref
+            dec = []
+            for _ in range(10):
+                t = time.perf_counter()
+                predictor.predict(**point, multimask_output=multimask)
+                dec.append(time.perf_counter() - t)
+            row.append(f"{name} {statistics.median(dec) * 1000:.1f} ms")
+        print(f"predict, {3 if multimask else 1} mask(s), median per call: " + ", ".join(row))
+    predictor.refiner = refiner
 
 
 if __name__ == "__main__":

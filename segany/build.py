@@ -224,7 +224,13 @@ def build_sam_default(checkpoint: str | Path | None = None) -> Sam:
             f"segany's default weights are missing at {path}; pass --checkpoint with an official checkpoint "
             "and --model vit_b/vit_l/vit_h"
         )
-    return build_sam_from_checkpoint(path)
+    from segany.masks.graphcut import GraphCutRefiner
+
+    sam = build_sam_from_checkpoint(path)
+    # A network this small groups pixels poorly; its point and box masks are re-solved with the image's colours
+    # (MODEL.md has the figures with and without). `SamPredictor(sam, refiner=False)` turns it off.
+    sam.mask_refiner = GraphCutRefiner()
+    return sam
 
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {

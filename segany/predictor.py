@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,8 +80,23 @@ def model_fingerprint(model: Sam) -> str:
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, refiner: Callable[..., np.ndarray] | bool | None = None) -> None:
+        """``refiner``: post-processing of `predict`'s boolean masks (`segany.masks.graphcut.GraphCutRefiner`).
+
+        None takes the model's own (``sam_model.mask_refiner``: the default model's graph cut; none for the
+        official checkpoints, whose masks stay identical to the official code's); False turns it off; True uses
+        a `GraphCutRefiner` with its defaults. It needs the image, so it applies after `set_image` only, not
+        after `set_torch_image` or `set_embedding`; logits (``return_logits=True``) are never refined.
+        """
         self.model = sam_model
+        if refiner is None:
+            refiner = getattr(sam_model, "mask_refiner", None)
+        if refiner is True:
+            from segany.masks.graphcut import GraphCutRefiner
+
+            refiner = GraphCutRefiner()
+        self.refiner: Callable[..., np.ndarray] | None = refiner or None
+        self._rgb: np.ndarray | None = None
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self._fingerprint: str | None = None
         self.is_image_set = False
@@ -97,6 +114,8 @@ class SamPredictor:
         input_image = self.transform.apply_image(np.ascontiguousarray(image))
         tensor = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, image.shape[:2])
+        # Kept (a reference, or one copy for BGR) so that a refiner set now or later can use the colours.
+        self._rgb = np.ascontiguousarray(image if self.model.image_format == "RGB" else image[..., ::-1])
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
@@ -146,8 +165,13 @@ class SamPredictor:
         assert self.features is not None and self.original_size is not None and self.input_size is not None
         return ImageEmbedding(self.features, self.original_size, self.input_size, self.fingerprint)
 
-    def set_embedding(self, embedding: ImageEmbedding) -> None:
-        """Use a precomputed embedding instead of running the encoder."""
+    def set_embedding(
+        self, embedding: ImageEmbedding, image: np.ndarray | None = None, image_format: str = "RGB"
+    ) -> None:
+        """Use a precomputed embedding instead of running the encoder.
+
+        ``image`` (optional, the embedded image itself) lets the refiner, if any, use its colours.
+        """
         if embedding.model_fingerprint != self.fingerprint:
             raise ValueError("this embedding was computed by a different model; re-encode the image")
         self.reset_image()
@@ -155,6 +179,14 @@ class SamPredictor:
         self.original_size = embedding.original_size
         self.input_size = embedding.input_size
         self.is_image_set = True
+        if image is not None:
+            image = self._check_image(image, image_format)
+            if image.shape[:2] != tuple(embedding.original_size):
+                raise ValueError(
+                    f"image is {image.shape[1]}x{image.shape[0]} but the embedding was computed for "
+                    f"{embedding.original_size[1]}x{embedding.original_size[0]}"
+                )
+            self._rgb = np.ascontiguousarray(image if image_format == "RGB" else image[..., ::-1])
 
     @property
     def fingerprint(self) -> str:
@@ -174,6 +206,7 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self.is_image_set = False
+        self._rgb = None
         self.features = None
         self.original_size = None
         self.input_size = None
@@ -197,7 +230,8 @@ class SamPredictor:
           mask_input: 1×256×256 low-res logits from a previous call (K×1×256×256 with K boxes).
         Returns:
           masks C×H×W (bool, or float logits with return_logits), iou_predictions C, low_res_logits C×256×256,
-          with C = 3 (multimask) or 1; with K > 1 boxes each gets a leading K dimension.
+          with C = 3 (multimask) or 1; with K > 1 boxes each gets a leading K dimension. With a refiner (the
+          default model's graph cut) the boolean masks are refined; scores and logits stay the network's.
         """
         self._require_image()
         assert self.original_size is not None
@@ -244,15 +278,41 @@ class SamPredictor:
                 m = np.repeat(m, batch, axis=0)
             mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)
 
+        refine = self.refiner is not None and self._rgb is not None and not return_logits
         masks, iou, low_res = self.predict_torch(
-            coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+            coords_t,
+            labels_t,
+            box_t,
+            mask_t,
+            multimask_output=multimask_output,
+            return_logits=return_logits or refine,
         )
         masks_np = masks.detach().cpu().numpy()
+        if refine:
+            masks_np = self._refine(masks_np, point_coords, point_labels, box)
         iou_np = iou.detach().float().cpu().numpy()
         low_np = low_res.detach().float().cpu().numpy()
         if batch == 1:
             return masks_np[0], iou_np[0], low_np[0]
         return masks_np, iou_np, low_np
+
+    def _refine(self, logits: np.ndarray, point_coords: Any, point_labels: Any, box: Any) -> np.ndarray:
+        """Run the refiner on every mask of a B×C×H×W logit batch (prompt b's points and box for row b)."""
+        assert self.refiner is not None and self._rgb is not None
+        B = logits.shape[0]
+        coords = None if point_coords is None else np.asarray(point_coords, dtype=np.float64)
+        labels = None if point_labels is None else np.asarray(point_labels)
+        if coords is not None and coords.ndim == 2:
+            coords, labels = coords[None], np.asarray(labels)[None]
+        boxes = None if box is None else np.asarray(box, dtype=np.float64).reshape(-1, 4)
+        out = np.zeros(logits.shape, dtype=bool)
+        for b in range(B):
+            c = None if coords is None else coords[min(b, coords.shape[0] - 1)]
+            lab = None if labels is None else labels[min(b, labels.shape[0] - 1)]
+            bx = None if boxes is None else boxes[b]
+            for k in range(logits.shape[1]):
+                out[b, k] = self.refiner(self._rgb, logits[b, k], c, lab, bx)
+        return out
 
     @torch.no_grad()
     def predict_torch(

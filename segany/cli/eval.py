@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from segany.cli.model_args import add_model_args
+from segany.cli.model_args import add_model_args, add_refine_arg
 
 KINDS = ("points", "edges", "proposals", "instances")
 
@@ -32,6 +32,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images per dataset")
     add_model_args(p)
+    add_refine_arg(p)
     p.add_argument("--max-clicks", type=int, default=20, help="points: clicks per object (20)")
     p.add_argument("--no-grabcut", action="store_true", help="points: skip the GrabCut baseline")
     p.add_argument(
@@ -66,10 +67,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from segany.cli.model_args import model_from_args
+    from segany.cli.model_args import model_from_args, predictor_from_args
     from segany.evaluate import edges as edge_bench
     from segany.evaluate import report, runs
-    from segany.predictor import SamPredictor
 
     if args.limit is not None and args.limit < 1:
         print("segany eval: --limit must be >= 1", file=sys.stderr)
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.kind == "points":
         payload = runs.run_points(
-            SamPredictor(model),
+            predictor_from_args(model, args),
             args.data,
             out,
             meta,
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.kind == "edges":
         payload = runs.run_edges(
-            SamPredictor(model),
+            predictor_from_args(model, args),
             args.data[0],
             out,
             meta,
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         payload = runs.run_instances(
-            SamPredictor(model),
+            predictor_from_args(model, args),
             args.data[0],
             out,
             meta,

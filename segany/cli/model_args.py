@@ -22,3 +22,21 @@ def model_from_args(args: argparse.Namespace) -> Any:
     from segany.build import load_model
 
     return load_model(args.model, args.checkpoint, args.device)
+
+
+def add_refine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--refine",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="graph-cut refinement of point/box masks with the image's colours: auto = the model's own choice "
+        "(on for the default model, off for official checkpoints), on, off",
+    )
+
+
+def predictor_from_args(model: Any, args: argparse.Namespace) -> Any:
+    """A `SamPredictor` with the refinement `--refine` asks for."""
+    from segany.predictor import SamPredictor
+
+    choice = getattr(args, "refine", "auto")
+    return SamPredictor(model, refiner={"auto": None, "on": True, "off": False}[choice])

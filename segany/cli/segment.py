@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segany.cli.model_args import add_model_args, model_from_args
+from segany.cli.model_args import add_model_args, add_refine_arg, model_from_args, predictor_from_args
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -57,6 +57,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     add_model_args(p)
+    add_refine_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from segany.images import load_image
     from segany.masks.rle import encode_coco_rle
     from segany.overlay import render_overlay
-    from segany.predictor import ImageEmbedding, SamPredictor
+    from segany.predictor import ImageEmbedding
 
     if not args.point and not args.box:
         raise SystemExit("error: give at least one --point or --box")
@@ -75,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     image = load_image(args.image)
     model = model_from_args(args)
-    predictor = SamPredictor(model)
+    predictor = predictor_from_args(model, args)
     t1 = time.perf_counter()
     cache = Path(args.embedding) if args.embedding else None
     if cache is not None and cache.exists():
-        predictor.set_embedding(ImageEmbedding.load(cache))
+        predictor.set_embedding(ImageEmbedding.load(cache), image)
         print(f"embedding loaded from {cache}")
     else:
         print(f"encoding {image.shape[1]}×{image.shape[0]} image …", flush=True)

@@ -3,6 +3,7 @@ post-processing that turn an image into model input and low-res logits back into
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +22,9 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class Sam(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    # Post-processing `SamPredictor.predict` applies to its boolean masks by default (called as
+    # ``refiner(rgb, logits, point_coords, point_labels, box)``); the default model's builder sets a graph cut.
+    mask_refiner: Callable[..., Any] | None = None
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
