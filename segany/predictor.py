@@ -285,7 +285,7 @@ class SamPredictor:
                 m = np.repeat(m, batch, axis=0)
             mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)
 
-        refine = self.refiner is not None and self._rgb is not None and not return_logits
+        refine = self.can_refine and not return_logits
         masks, iou, low_res = self.predict_torch(
             coords_t,
             labels_t,
@@ -298,15 +298,29 @@ class SamPredictor:
         iou_np = iou.detach().float().cpu().numpy()
         low_np = low_res.detach().float().cpu().numpy()
         if refine:
-            masks_np = self._refine(masks_np, point_coords, point_labels, box)
+            masks_np = self.refine_masks(masks_np, point_coords, point_labels, box)
             low_np = self._agree_low_res(low_np, masks_np)
         if batch == 1:
             return masks_np[0], iou_np[0], low_np[0]
         return masks_np, iou_np, low_np
 
-    def _refine(self, logits: np.ndarray, point_coords: Any, point_labels: Any, box: Any) -> np.ndarray:
-        """Run the refiner on every mask of a B×C×H×W logit batch (prompt b's points and box for row b)."""
-        assert self.refiner is not None and self._rgb is not None
+    @property
+    def can_refine(self) -> bool:
+        """A refiner is set and the image's pixels are known (`set_image`, or `set_embedding` with the image)."""
+        return self.refiner is not None and self._rgb is not None
+
+    def refine_masks(
+        self, logits: np.ndarray, point_coords: Any = None, point_labels: Any = None, box: Any = None
+    ) -> np.ndarray:
+        """Boolean masks from B×C×H×W image-sized logits through the refiner, as `predict` does.
+
+        Row b uses prompt b's points (``B×N×2``, or ``N×2`` for all rows) and box (``B×4``). For callers of
+        `predict_torch` (which never refines), e.g. the instance-segmentation evaluation.
+        """
+        if self.refiner is None or self._rgb is None:
+            raise RuntimeError(
+                "no refiner, or no image pixels: use set_image (or set_embedding with the image)"
+            )
         B = logits.shape[0]
         coords = None if point_coords is None else np.asarray(point_coords, dtype=np.float64)
         labels = None if point_labels is None else np.asarray(point_labels)

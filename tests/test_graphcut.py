@@ -226,3 +226,42 @@ def test_refine_option_of_the_cli():
     assert predictor_from_args(default, p.parse_args(["--refine", "off"])).refiner is None
     with pytest.raises(SystemExit):
         p.parse_args(["--refine", "maybe"])
+
+
+def test_instance_evaluation_refines_box_masks_when_the_predictor_does():
+    from segany.evaluate.instances import masks_from_boxes
+
+    img, _ = _scene()
+    boxes = np.array([[30, 20, 120, 100], [0, 0, 50, 40]], np.float32)
+    plain, refined = _tiny_predictor(False), _tiny_predictor(True)
+    for p in (plain, refined):
+        p.set_image(img)
+    net = masks_from_boxes(plain, boxes)
+    out = masks_from_boxes(refined, boxes)
+    assert out.shape == net.shape == (2, *img.shape[:2])
+    # Same network answer, then the graph cut with each box: recompute it from the network's logits.
+    h, w = img.shape[:2]
+    t = torch.as_tensor(boxes)
+    tb = plain.transform.apply_boxes_torch(t, (h, w))
+    _, iou, low = plain.predict_torch(None, None, boxes=tb, multimask_output=True)
+    chosen = low[torch.arange(2), iou.argmax(1)][:, None]
+    logits, _, _ = plain.predict_torch(
+        None, None, boxes=tb, mask_input=chosen, multimask_output=False, return_logits=True
+    )
+    np.testing.assert_array_equal(net, logits[:, 0].numpy() > 0)
+    for k in range(2):
+        np.testing.assert_array_equal(
+            out[k], GraphCutRefiner()(img, logits[k, 0].numpy(), None, None, boxes[k])
+        )
+
+
+def test_refine_masks_needs_a_refiner_and_the_pixels():
+    img, _ = _scene()
+    p = _tiny_predictor(False)
+    p.set_image(img)
+    with pytest.raises(RuntimeError, match="no refiner"):
+        p.refine_masks(np.zeros((1, 1, *img.shape[:2]), np.float32))
+    assert not p.can_refine
+    p.refiner = GraphCutRefiner()
+    assert p.can_refine  # the pixels were kept by set_image all along
+    assert p.refine_masks(np.full((1, 1, *img.shape[:2]), -3.0, np.float32)).shape == (1, 1, *img.shape[:2])

@@ -4,7 +4,8 @@ Each box (from a detector's COCO-format results file, or the ground-truth boxes)
 ``multimask_output=True``; the mask with the highest predicted IoU is taken, and one refinement round feeds its
 low-resolution logits back as ``mask_input`` together with the same box (``multimask_output=False``) — the
 paper's "one extra iteration with the most confident mask". The detection's score is kept as the mask's score
-(ground-truth boxes score 1). Mask AP is pycocotools' ``COCOeval`` (``segm``, default parameters).
+(ground-truth boxes score 1). Mask AP is pycocotools' ``COCOeval`` (``segm``, default parameters). A predictor
+that refines its masks (the default model's graph cut) refines the final mask with the box, as ``predict`` would.
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def masks_from_boxes(predictor: Any, boxes_xyxy: np.ndarray, batch_size: int = 3
         _, iou_pred, low_res = predictor.predict_torch(None, None, boxes=tboxes, multimask_output=True)
         best = iou_pred.argmax(dim=1)
         chosen = low_res[torch.arange(len(best), device=low_res.device), best][:, None]  # B x 1 x 256 x 256
+        refine = bool(getattr(predictor, "can_refine", False))
         masks, _, _ = predictor.predict_torch(
-            None, None, boxes=tboxes, mask_input=chosen, multimask_output=False
+            None, None, boxes=tboxes, mask_input=chosen, multimask_output=False, return_logits=refine
         )
-        out[start : start + len(chunk)] = masks[:, 0].cpu().numpy()
+        final = masks.cpu().numpy()
+        if refine:
+            final = predictor.refine_masks(final, box=boxes[start : start + len(chunk)])
+        out[start : start + len(chunk)] = final[:, 0]
     return out
 
 
