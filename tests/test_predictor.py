@@ -158,6 +158,13 @@ def test_segment_cli(tmp_path):
     a = json.loads((tmp_path / "o2" / "masks.json").read_text())["masks"]
     b = json.loads((tmp_path / "o3" / "masks.json").read_text())["masks"]
     assert len(a) == 2 and [r["segmentation"] for r in a] == [r["segmentation"] for r in b]
+    assert meta["mask_refiner"] is None  # an official-style model is never refined unless asked
+    # --refine on: a cached embedding is refined with the image's colours exactly like a fresh encode.
+    assert main([*args, "--refine", "on", "--embedding", str(emb), "--out", str(tmp_path / "o4")]) == 0
+    assert main([*args, "--refine", "on", "--out", str(tmp_path / "o5")]) == 0
+    c, d = (json.loads((tmp_path / o / "masks.json").read_text()) for o in ("o4", "o5"))
+    assert c["mask_refiner"].startswith("GraphCutRefiner(") and d["mask_refiner"] == c["mask_refiner"]
+    assert [r["segmentation"] for r in c["masks"]] == [r["segmentation"] for r in d["masks"]]
 
 
 def test_import_and_cli_help_do_not_load_torch():

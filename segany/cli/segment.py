@@ -137,13 +137,15 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": args.checkpoint,
         "points": args.point,
         "boxes": args.box,
+        "mask_refiner": repr(predictor.refiner) if predictor.can_refine else None,
         "masks": records,
         "timing_s": {"load": round(t1 - t0, 3), "encode": round(t2 - t1, 3), "decode": round(t3 - t2, 3)},
     }
     (out / "masks.json").write_text(json.dumps(meta, indent=1))
     print(
         f"{len(records)} masks → {out}/ (best predicted IoU {max(float(r['predicted_iou']) for r in records):.3f}); "
-        f"model load {t1 - t0:.2f}s, encoder {t2 - t1:.2f}s, decoder {t3 - t2:.3f}s; overlay: {out / 'overlay.png'}"
+        f"model load {t1 - t0:.2f}s, encoder {t2 - t1:.2f}s, decoder{' + graph cut' if predictor.can_refine else ''} "
+        f"{t3 - t2:.3f}s; overlay: {out / 'overlay.png'}"
     )
     return 0
 
