@@ -90,8 +90,9 @@ class SamPredictor:
 
         None takes the model's own (``sam_model.mask_refiner``: the default model's graph cut; none for the
         official checkpoints, whose masks stay identical to the official code's); False turns it off; True uses
-        a `GraphCutRefiner` with its defaults. It needs the image, so it applies after `set_image` only, not
-        after `set_torch_image` or `set_embedding`; logits (``return_logits=True``) are never refined.
+        a `GraphCutRefiner` with its defaults. It needs the image's pixels: it applies after `set_image`, or
+        `set_embedding` given the image, not after `set_torch_image`; logits (``return_logits=True``) are never
+        refined.
         """
         self.model = sam_model
         if refiner is None:
@@ -114,13 +115,13 @@ class SamPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode an H×W×3 uint8 image (RGB, or BGR with image_format="BGR")."""
         image = self._check_image(image, image_format)
+        rgb = _as_rgb(image, image_format)
         if image_format != self.model.image_format:
             image = image[..., ::-1]
         input_image = self.transform.apply_image(np.ascontiguousarray(image))
         tensor = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, image.shape[:2])
-        # Kept (a reference, or one copy for BGR) so that a refiner set now or later can use the colours.
-        self._rgb = np.ascontiguousarray(image if self.model.image_format == "RGB" else image[..., ::-1])
+        self._rgb = rgb  # kept so that a refiner, set now or later, can use the colours
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
@@ -191,7 +192,7 @@ class SamPredictor:
                     f"image is {image.shape[1]}x{image.shape[0]} but the embedding was computed for "
                     f"{embedding.original_size[1]}x{embedding.original_size[0]}"
                 )
-            self._rgb = np.ascontiguousarray(image if image_format == "RGB" else image[..., ::-1])
+            self._rgb = _as_rgb(image, image_format)
 
     @property
     def fingerprint(self) -> str:
@@ -437,6 +438,11 @@ class SamPredictor:
                 f"image of {image.shape[1]}×{image.shape[0]} px is too elongated: it would resize to {w}×{h}"
             )
         return image
+
+
+def _as_rgb(image: np.ndarray, image_format: str) -> np.ndarray:
+    """The pixels in RGB order, C-contiguous (the image itself when it already is; one copy for BGR)."""
+    return np.ascontiguousarray(image if image_format == "RGB" else image[..., ::-1])
 
 
 def _as_float_array(x: object, name: str) -> np.ndarray:

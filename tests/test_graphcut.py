@@ -265,3 +265,15 @@ def test_refine_masks_needs_a_refiner_and_the_pixels():
     p.refiner = GraphCutRefiner()
     assert p.can_refine  # the pixels were kept by set_image all along
     assert p.refine_masks(np.full((1, 1, *img.shape[:2]), -3.0, np.float32)).shape == (1, 1, *img.shape[:2])
+
+
+def test_a_bgr_image_is_refined_with_its_rgb_colours():
+    img, _ = _scene()
+    kw = dict(point_coords=np.array([[75, 60]]), point_labels=np.array([1]))
+    rgb_pred, bgr_pred = _tiny_predictor(True), _tiny_predictor(True)
+    rgb_pred.set_image(img)
+    bgr_pred.set_image(np.ascontiguousarray(img[..., ::-1]), image_format="BGR")
+    np.testing.assert_array_equal(bgr_pred.predict(**kw)[0], rgb_pred.predict(**kw)[0])
+    emb = rgb_pred.get_embedding()
+    bgr_pred.set_embedding(emb, np.ascontiguousarray(img[..., ::-1]), image_format="BGR")
+    np.testing.assert_array_equal(bgr_pred.predict(**kw)[0], rgb_pred.predict(**kw)[0])
