@@ -180,11 +180,8 @@ class SamPredictor:
         """
         if embedding.model_fingerprint != self.fingerprint:
             raise ValueError("this embedding was computed by a different model; re-encode the image")
-        self.reset_image()
-        self.features = embedding.features.to(self.device)
-        self.original_size = embedding.original_size
-        self.input_size = embedding.input_size
-        self.is_image_set = True
+        # The image is checked before anything changes: a refused one leaves the predictor as it was.
+        rgb = None
         if image is not None:
             image = self._check_image(image, image_format)
             if image.shape[:2] != tuple(embedding.original_size):
@@ -192,7 +189,13 @@ class SamPredictor:
                     f"image is {image.shape[1]}x{image.shape[0]} but the embedding was computed for "
                     f"{embedding.original_size[1]}x{embedding.original_size[0]}"
                 )
-            self._rgb = _as_rgb(image, image_format)
+            rgb = _as_rgb(image, image_format)
+        self.reset_image()
+        self.features = embedding.features.to(self.device)
+        self.original_size = embedding.original_size
+        self.input_size = embedding.input_size
+        self.is_image_set = True
+        self._rgb = rgb
 
     @property
     def fingerprint(self) -> str:

@@ -206,8 +206,11 @@ def test_refinement_after_set_embedding_needs_the_matching_image():
     np.testing.assert_array_equal(other.predict(**kw)[0], logits > 0)
     other.set_embedding(emb, img)
     np.testing.assert_array_equal(other.predict(**kw)[0], pred.predict(**kw)[0])
+    before = other.predict(**kw)[0]
     with pytest.raises(ValueError, match="embedding was computed for"):
         other.set_embedding(emb, img[:-4])
+    assert other.can_refine  # the refused call changed nothing
+    np.testing.assert_array_equal(other.predict(**kw)[0], before)
 
 
 def test_refine_option_of_the_cli():
