@@ -416,3 +416,73 @@ def test_sa1b_folder_reader(tmp_path: Path) -> None:
     assert isinstance(ds, SA1BFolder)
     s = ds[0]
     assert s.source == "sa1b/1" and (s.masks[0] == mask).all() and s.image.shape == (12, 16, 3)
+
+
+@needs_data
+def test_msrc_labelled_regions_are_the_masks_void_is_not() -> None:
+    import json
+
+    from segany.data import MSRCRegions
+
+    ds = open_source(DATA / "msrc_v2")
+    assert isinstance(ds, MSRCRegions) and len(ds) == 591
+    index = json.loads((DATA / "msrc_v2" / "regions.json").read_text())
+    stem = "10_10_s"  # regions 1, 2 flowers, 3 void
+    s = ds[ds.stems.index(stem)]
+    assert len(s.masks) == sum(v is not None for v in index[stem].values()) == 2
+    ids = np.array(Image.open(DATA / "msrc_v2" / "regions" / f"{stem}.png"))
+    assert np.array_equal(s.masks[0], ids == 1) and not (s.masks.any(0) & (ids == 3)).any()
+    assert s.source == f"msrc_v2/{stem}"
+
+
+@needs_data
+def test_ccp_person_and_its_parts_nest() -> None:
+    from segany.data import CCPParts
+
+    ds = open_source(DATA / "ccp_parts")
+    assert isinstance(ds, CCPParts) and len(ds) == 500
+    s = ds[0]
+    labels = np.array(Image.open(DATA / "ccp_parts" / "labels" / "0001.png"))
+    assert np.array_equal(s.masks[0], labels > 0)  # the person: union of every label
+    parts = s.masks[1:]
+    assert len(parts) >= 3 and not (parts & ~s.masks[0]).any()  # every part lies inside the person
+    assert (parts.reshape(len(parts), -1).sum(1) >= 0.001 * labels.size).all()
+    # each part is one label's connected piece
+    for p in parts:
+        assert len(np.unique(labels[p])) == 1
+
+
+def test_validation_split_is_stable_and_about_its_share() -> None:
+    from segany.data import is_validation
+
+    keys = [f"duts_tr/img_{i:05d}" for i in range(4000)]
+    held = [k for k in keys if is_validation(k, 0.08)]
+    assert 0.06 < len(held) / len(keys) < 0.10
+    assert held == [k for k in keys if is_validation(k, 0.08)]  # a pure function of the key
+    assert all(is_validation(k + "#3", 0.08) for k in held[:20])  # annotators of one image stay together
+    assert not any(is_validation(k, 0.0) for k in keys[:100])
+    with pytest.raises(ValueError):
+        is_validation("x", 1.0)
+
+
+def test_pack_leaves_the_validation_split_out(tmp_path: Path) -> None:
+    from segany.data import is_validation
+    from segany.train.cache import PackedSamples, pack_sources
+
+    rng = np.random.default_rng(0)
+
+    class Fake:
+        def __len__(self) -> int:
+            return 60
+
+        def __getitem__(self, i: int) -> Sample:
+            m = np.zeros((1, 32, 32), bool)
+            m[0, 4:20, 4:20] = True
+            return Sample(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), m, source=f"fake/{i}")
+
+    pack_sources([("fake", Fake())], tmp_path / "p.npz", 32, validation_fraction=0.2)
+    packed = PackedSamples(tmp_path / "p.npz")
+    kept = {packed[i].source for i in range(len(packed))}
+    expected = {f"fake/{i}" for i in range(60) if not is_validation(f"fake/{i}", 0.2)}
+    assert kept == expected and 0 < len(expected) < 60
+    assert packed.meta["validation_fraction"] == 0.2

@@ -111,3 +111,44 @@ def test_shape_errors() -> None:
         sam_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1), torch.zeros(2, 4, 4))
     with pytest.raises(ValueError):
         sam_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3), torch.zeros(3, 4, 4))
+
+
+def test_multi_target_loss_matches_each_answer_to_its_own_output() -> None:
+    from segany.train.losses import sam_loss_multi_target
+
+    part = torch.zeros(8, 8)
+    part[2:4, 2:4] = 1
+    whole = torch.zeros(8, 8)
+    whole[1:7, 1:7] = 1
+    junk = torch.zeros(8, 8)
+    junk[7, 7] = 1
+    # outputs 0 = junk, 1 = whole, 2 = part (confident logits)
+    logits = torch.stack([junk, whole, part])[None] * 40 - 20
+    targets = torch.stack([part, whole, torch.zeros(8, 8)])[None]
+    valid = torch.tensor([[True, True, False]])
+    out = sam_loss_multi_target(logits, torch.zeros(1, 3), targets, valid)
+    assert out.best.tolist() == [2] and out.actual_iou.item() == pytest.approx(1.0)
+    assert out.mask.item() < 0.05  # both answers are found: near-zero mask loss
+    # with the whole only a valid answer if marked so: the paper's loss would score the whole output at IoU 8/36
+    iou_right = torch.tensor([[0.0, 1.0, 1.0]])
+    good = sam_loss_multi_target(logits, iou_right, targets, valid)
+    assert good.iou.item() == pytest.approx(0.0, abs=1e-6)
+    only = sam_loss_multi_target(logits, iou_right, targets, torch.tensor([[True, False, False]]))
+    assert only.iou.item() > 0.2  # the whole is no longer a right answer: an IoU of 1 is wrong for it
+    with pytest.raises(ValueError, match="target 0"):
+        sam_loss_multi_target(logits, iou_right, targets, torch.tensor([[False, True, False]]))
+
+
+def test_multi_target_loss_with_one_valid_target_is_the_paper_loss() -> None:
+    from segany.train.losses import sam_loss, sam_loss_multi_target
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, 16, 16, generator=g) * 3
+    iou = torch.rand(5, 3, generator=g)
+    gt = torch.rand(5, 16, 16, generator=g) > 0.6
+    targets = torch.stack([gt, gt, gt], 1)
+    valid = torch.zeros(5, 3, dtype=torch.bool)
+    valid[:, 0] = True
+    a, b = sam_loss(logits, iou, gt), sam_loss_multi_target(logits, iou, targets, valid)
+    assert b.loss.item() == pytest.approx(a.loss.item(), rel=1e-5)
+    assert torch.equal(a.best, b.best)

@@ -290,3 +290,95 @@ def test_single_mask_first_weight_trains_token_0_on_one_point_only_when_asked() 
     assert calls1[point_call] > calls0[point_call] * 1.2  # token 0's loss was added to the point-first call
     assert not torch.allclose(grad0, grad1)  # and token 0's hypernetwork gets its gradient
     assert loss1 == pytest.approx(loss0, rel=1e-6)  # the logged round loss stays the paper's
+
+
+def test_background_points_are_outside_the_mask_near_it() -> None:
+    from segany.train.prompts import background_points
+
+    gt = torch.zeros(3, 64, 64, dtype=torch.bool)
+    gt[0, 20:30, 20:30] = True
+    gt[1, 0:40, 10:50] = True
+    gt[2] = True  # no background at all: falls back to its own foreground
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        p = background_points(gt, g)
+        assert not gt[0, p[0, 1], p[0, 0]] and not gt[1, p[1, 1], p[1, 0]]
+        # within the box grown by a quarter of its side + 8 px
+        assert 20 - 10.5 <= p[0, 0] <= 29 + 10.5 and 20 - 10.5 <= p[0, 1] <= 29 + 10.5
+        assert gt[2, p[2, 1], p[2, 0]]
+
+
+def test_nested_targets_are_the_masks_holding_the_click() -> None:
+    from segany.train.prompts import nested_targets
+
+    person = torch.zeros(16, 16, dtype=torch.bool)
+    person[2:14, 4:12] = True
+    shirt = torch.zeros_like(person)
+    shirt[5:9, 4:12] = True
+    tree = torch.zeros_like(person)
+    tree[0:4, 12:16] = True
+    twin = person.clone()
+    twin[13, 4] = False  # a near-duplicate of the person: the same answer, not a second one
+    gt_low = torch.stack([shirt, person])
+    others = torch.stack([torch.stack([person, tree, twin]), torch.stack([shirt, tree, twin])])
+    clicks = torch.tensor([[6 * 4 + 1, 6 * 4 + 1], [6 * 4 + 1, 6 * 4 + 1]])  # cell (6, 6): shirt and person
+    targets, valid = nested_targets(gt_low, others, clicks, 4)
+    assert targets.shape == (2, 3, 16, 16) and valid.tolist() == [[True, True, True], [True, True, False]]
+    assert torch.equal(targets[0, 0], shirt) and torch.equal(targets[1, 0], person)
+    assert {int(targets[0, k].sum()) for k in (1, 2)} == {int(person.sum()), int(twin.sum())}
+    assert torch.equal(targets[1, 1], shirt)  # the person's second answer is the shirt, not the far tree
+    far = torch.tensor([[1, 1], [1, 1]])  # a click on the background: no other mask holds it
+    _, valid = nested_targets(gt_low, others, far, 4)
+    assert valid[:, 1:].sum() == 0
+
+
+def test_nested_answers_reach_the_loss_only_on_the_first_click() -> None:
+    torch.manual_seed(0)
+    sam = build_sam(TINY).train()
+    emb = sam.image_encoder(torch.randn(1, 3, 256, 256)).detach()
+    gt = _blobs(4, 256, 3)
+    big = torch.zeros(4, 2, 64, 64, dtype=torch.bool)
+    big[:, 0] = True  # a whole-image mask holds every click: a second right answer everywhere
+    kw = dict(n_points=2, n_empty=0)
+    plain, calls_plain = _run_with_backward(sam, emb.clone().requires_grad_(True), gt, seed=1, **kw)
+    nested, calls_nested = _run_with_backward(
+        sam, emb.clone().requires_grad_(True), gt, seed=1, others=big, **kw
+    )
+    assert len(calls_plain) == len(calls_nested)
+    # only the first round's point group changes (its loss averages over two targets); later rounds are the same
+    assert calls_nested[0] != pytest.approx(calls_plain[0]) or calls_nested[1] != pytest.approx(
+        calls_plain[1]
+    )
+    assert [r.loss for r in nested[1:]] == pytest.approx([r.loss for r in plain[1:]], rel=1e-4)
+    with pytest.raises(ValueError, match="loss resolution"):
+        _run_with_backward(sam, emb, gt, seed=1, others=big[..., :32], **kw)
+
+
+def test_background_clicks_enter_the_simulation() -> None:
+    torch.manual_seed(0)
+    sam = build_sam(TINY).eval()
+    emb = sam.image_encoder(torch.randn(1, 3, 256, 256)).detach()
+    gt = _blobs(6, 256, 4)
+    seen: list[torch.Tensor] = []
+    orig = sam.prompt_encoder.forward
+
+    def spy(points=None, boxes=None, masks=None):  # type: ignore[no-untyped-def]
+        if points is not None:
+            seen.append(points[1].clone())
+        return orig(points=points, boxes=boxes, masks=masks)
+
+    sam.prompt_encoder.forward = spy  # type: ignore[method-assign]
+    simulate_interactive(
+        sam.prompt_encoder,
+        sam.mask_decoder,
+        emb,
+        gt,
+        None,
+        torch.Generator().manual_seed(0),
+        torch.Generator().manual_seed(0),
+        n_points=3,
+        n_empty=0,
+        background_click_p=1.0,
+    )
+    last = seen[-1]
+    assert last.shape[1] >= 3 and (last[:, 1:] == 0).all()  # every corrective click was a background click

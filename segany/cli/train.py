@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.model.image_size,
             cfg.data.max_mask_fraction,
             cfg.data.min_mask_pixels,
+            validation_fraction=cfg.data.validation_fraction,
         )
         print(json.dumps({"pack": args.pack, **counts, "bytes": Path(args.pack).stat().st_size}))
         return 0

@@ -7,6 +7,8 @@ Readers (all map-style: ``len(ds)``, ``ds[i] -> Sample``; numpy only):
 * :class:`BSDSRegions` / :class:`BSDSEdges` (``bsds``): BSDS500 regions as instances; boundary maps for the edge
   benchmark.
 * :class:`DSB2018` (``dsb``): nuclei folders, one PNG per nucleus.
+* :class:`MSRCRegions` (``msrc``): MSRC-v2 labelled regions; :class:`CCPParts` (``ccp``): a person and its
+  garment/part pieces (nested masks: SAM's whole/part ambiguity).
 * :class:`MaskFolder` (``folders``): ``images/`` + ``masks/`` (GrabCut, Berkeley, and your own data; the format
   is documented in :mod:`segany.data.folders`).
 * :class:`SA1BFolder` (``mixed``) over :mod:`segany.data.sa1b` files.
@@ -27,11 +29,14 @@ if TYPE_CHECKING:  # real types for mypy; at run time the names come from __geta
     from segany.data.ade20k import ADE20KFolder
     from segany.data.augment import AugmentConfig, augment_sample
     from segany.data.bsds import BSDSEdges, BSDSRegions, EdgeSample
+    from segany.data.ccp import CCPParts
     from segany.data.coco import CocoInstances
     from segany.data.dsb import DSB2018
     from segany.data.folders import MaskFolder
     from segany.data.mixed import MixedDataset, SA1BFolder, open_source
+    from segany.data.msrc import MSRCRegions
     from segany.data.sample import Sample, drop_large_masks
+    from segany.data.split import is_validation
 
 _EXPORTS = {
     "ADE20KFolder": "ade20k",
@@ -42,6 +47,9 @@ _EXPORTS = {
     "BSDSEdges": "bsds",
     "EdgeSample": "bsds",
     "DSB2018": "dsb",
+    "CCPParts": "ccp",
+    "MSRCRegions": "msrc",
+    "is_validation": "split",
     "MaskFolder": "folders",
     "AugmentConfig": "augment",
     "augment_sample": "augment",
@@ -55,15 +63,18 @@ __all__ = [
     "AugmentConfig",
     "BSDSEdges",
     "BSDSRegions",
+    "CCPParts",
     "CocoInstances",
     "DSB2018",
     "EdgeSample",
+    "MSRCRegions",
     "MaskFolder",
     "MixedDataset",
     "SA1BFolder",
     "Sample",
     "augment_sample",
     "drop_large_masks",
+    "is_validation",
     "open_source",
 ]
 

@@ -59,6 +59,7 @@ def open_source(path: str | Path, *, for_training: bool = True) -> SampleSource:
 
     ``instances.json`` -> COCO; ``groundtruth_png/`` -> BSDS500 regions; ``stage1_train/`` or sub-folders with
     ``<id>/images`` + ``<id>/masks`` -> DSB2018; ``images/`` + ``masks/`` -> :class:`~segany.data.folders.MaskFolder`;
+    ``regions.json`` + ``regions/`` -> MSRC-v2 regions; ``labels/`` + ``label_list.txt`` -> CCP person/garment parts;
     ``*.json`` files -> SA-1B. With ``for_training=True`` the evaluation-only benchmarks are refused.
     """
     root = Path(path)
@@ -81,6 +82,14 @@ def open_source(path: str | Path, *, for_training: bool = True) -> SampleSource:
         from segany.data.dsb import DSB2018
 
         return DSB2018(root)
+    if (root / "regions.json").is_file() and (root / "regions").is_dir():
+        from segany.data.msrc import MSRCRegions
+
+        return MSRCRegions(root)
+    if (root / "labels").is_dir() and (root / "label_list.txt").is_file():
+        from segany.data.ccp import CCPParts
+
+        return CCPParts(root)
     if (root / "images").is_dir() and (root / "masks").is_dir():
         from segany.data.folders import MaskFolder
 

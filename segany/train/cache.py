@@ -82,14 +82,28 @@ def pack_sources(
     max_mask_fraction: float = 0.9,
     min_mask_pixels: int = 16,
     jpeg_quality: int = 92,
+    validation_fraction: float = 0.0,
 ) -> dict[str, int]:
-    """`pack_samples` over named training folders ``(origin, reader)``, remembering each entry's origin."""
+    """`pack_samples` over named training folders ``(origin, reader)``, remembering each entry's origin.
+
+    With ``validation_fraction > 0`` the images of the validation split (`segany.data.split.is_validation`) are
+    left out, and the pack records the fraction so that evaluations can check they read the held-out part.
+    """
+    from segany.data.split import is_validation
+
     names = [name for name, _ in sources]
     if not all(names) or len(set(names)) != len(names):
         raise ValueError(f"origins must be distinct, non-empty names; got {names}")
-    tagged = ((name, reader[i]) for name, reader in sources for i in range(len(reader)))
+    tagged = (
+        (name, sample)
+        for name, reader in sources
+        for sample in (reader[i] for i in range(len(reader)))
+        if not (validation_fraction > 0 and is_validation(sample.source, validation_fraction))
+    )
     items = {name: len(reader) for name, reader in sources}
-    return _pack(tagged, items, path, long_side, max_mask_fraction, min_mask_pixels, jpeg_quality)
+    return _pack(
+        tagged, items, path, long_side, max_mask_fraction, min_mask_pixels, jpeg_quality, validation_fraction
+    )
 
 
 def _pack(
@@ -100,6 +114,7 @@ def _pack(
     max_mask_fraction: float,
     min_mask_pixels: int,
     jpeg_quality: int,
+    validation_fraction: float = 0.0,
 ) -> dict[str, int]:
     import cv2
     from pycocotools import mask as mask_utils
@@ -142,6 +157,7 @@ def _pack(
         "format": FORMAT,
         "long_side": long_side,
         "max_mask_fraction": max_mask_fraction,
+        "validation_fraction": validation_fraction,
     }
     arrays: dict[str, np.ndarray] = {
         "jpeg": np.frombuffer(b"".join(jpegs), dtype=np.uint8),

@@ -58,11 +58,21 @@ class DataConfig:
     color_jitter_p: float = 0.5
     copy_paste_p: float = 0.3
     num_workers: int = 0
+    # > 0: each image also carries up to this many of its other masks that overlap a sampled one, and a first
+    # click inside one of them has it as a second right answer (whole/part; `segany.train.prompts`); 0: the paper
+    max_others: int = 0
+    # share of every training folder's images held out as the validation split (`segany.data.split`); the pack
+    # leaves them out, and settings are chosen on them
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
         if self.masks_per_image < 1:
             raise ValueError("masks_per_image must be >= 1")
+        if self.max_others < 0:
+            raise ValueError(f"max_others must be >= 0, got {self.max_others}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
 
 @dataclass
@@ -101,6 +111,9 @@ class TrainConfig:
     # with this weight; the paper (0) never trains token 0 on one point, so `multimask_output=False` on a first
     # click answers with an untrained output
     single_mask_first_weight: float = 0.0
+    # share of corrective clicks replaced by a negative click on the background near the object, where the mask
+    # may already be right (0: the paper, whose clicks all come from the error region)
+    background_click_p: float = 0.0
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
     freeze_encoder: bool = False  # decoder-only fine-tuning
@@ -121,6 +134,8 @@ class TrainConfig:
             raise ValueError("n_points and n_empty must be >= 0")
         if not 0.0 <= self.center_click_p <= 1.0:
             raise ValueError(f"center_click_p must be in [0, 1], got {self.center_click_p}")
+        if not 0.0 <= self.background_click_p <= 1.0:
+            raise ValueError(f"background_click_p must be in [0, 1], got {self.background_click_p}")
         if self.single_mask_first_weight < 0:
             raise ValueError(f"single_mask_first_weight must be >= 0, got {self.single_mask_first_weight}")
         if self.decoder_attn_init_gain < 0:

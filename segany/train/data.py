@@ -138,10 +138,15 @@ class Item:
     image: torch.Tensor
     masks: torch.Tensor
     source: str
+    # bool [E, S/f, S/f] at the loss resolution (f = loss_stride): the image's other usable masks that overlap a
+    # picked one (a garment and its person, a coarse and a fine annotator's region). A click inside one of them
+    # has that mask as a second right answer (SAM's ambiguity); None when the image has none.
+    others: torch.Tensor | None = None
 
     def pin_memory(self) -> Item:
         """Called by the DataLoader (``pin_memory=True``) so that host-to-GPU copies can be asynchronous."""
-        return Item(self.image.pin_memory(), self.masks.pin_memory(), self.source)
+        others = None if self.others is None else self.others.pin_memory()
+        return Item(self.image.pin_memory(), self.masks.pin_memory(), self.source, others)
 
 
 def worker_init(worker_id: int) -> None:
@@ -177,8 +182,10 @@ class TrainItems(torch.utils.data.Dataset):
         min_mask_pixels: int = 16,
         loss_stride: int = 1,
         area_power: float = 0.0,
+        max_others: int = 0,
     ) -> None:
         self.stream = stream
+        self.max_others = max_others
         self.area_power = area_power
         self.masks_per_image = masks_per_image
         self.min_mask_pixels = min_mask_pixels
@@ -220,7 +227,26 @@ class TrainItems(torch.utils.data.Dataset):
             image=torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1))),
             masks=torch.from_numpy(np.ascontiguousarray(out.masks[pick])),
             source=out.source,
+            others=self._others(out.masks, pick) if self.max_others > 0 else None,
         )
+
+    def _others(self, masks: np.ndarray, pick: np.ndarray) -> torch.Tensor | None:
+        """The unpicked masks overlapping a picked one, area-downsampled to the loss frame (> 0.5), at most
+        ``max_others`` (the largest overlaps first)."""
+        rest = np.setdiff1d(np.arange(len(masks)), pick)
+        if not len(rest):
+            return None
+        flat = masks.reshape(len(masks), -1)
+        overlap = (flat[rest].astype(np.float32) @ flat[pick].T.astype(np.float32)).max(1)
+        rest = rest[overlap > 0]
+        if not len(rest):
+            return None
+        rest = rest[np.argsort(-overlap[overlap > 0], kind="stable")[: self.max_others]]
+        f = self.loss_stride
+        m, h, w = len(rest), masks.shape[1] // f, masks.shape[2] // f
+        low = masks[rest][:, : h * f, : w * f].reshape(m, h, f, w, f).mean(axis=(2, 4)) > 0.5
+        low = low[low.reshape(m, -1).any(1)]
+        return torch.from_numpy(np.ascontiguousarray(low)) if len(low) else None
 
 
 class StepBatches(torch.utils.data.Sampler[list[int]]):

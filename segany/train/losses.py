@@ -177,3 +177,62 @@ def sam_loss(
     return SamLossOutput(
         loss=loss, mask=chosen.detach(), iou=iou_err.detach().mean(1), best=best, actual_iou=actual
     )
+
+
+def _assignments(k: int, t: int, device: torch.device) -> torch.Tensor:
+    """Every injective map of ``t`` targets to ``k`` outputs: ``[P, t]`` long (``P = k! / (k - t)!``)."""
+    import itertools
+
+    return torch.tensor(list(itertools.permutations(range(k), t)), dtype=torch.long, device=device)
+
+
+def sam_loss_multi_target(
+    mask_logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    w: LossWeights = PAPER,
+) -> SamLossOutput:
+    """The ambiguity-aware loss when one prompt has several right answers (a click on a shirt: the shirt, the
+    person), target 0 being the sampled one.
+
+    The paper back-propagates only the best of the 3 masks against one sampled target, so nested objects are
+    learned only if the same click happens to be drawn with each of them; here every valid target is matched to
+    its own output (the cheapest one-to-one assignment, so whole and part land in different tokens) and the mask
+    loss is their mean. The IoU head learns, for each output, its IoU with the valid target it overlaps most:
+    a mask that is a right answer is scored as one, which is what makes the predicted IoU track quality when the
+    prompt is ambiguous (against the sampled target alone, an equally right answer is scored near 0).
+
+    Arguments:
+      mask_logits: ``[N, K, H, W]``; iou_pred: ``[N, K]``.
+      targets: ``[N, T, H, W]`` in {0, 1}, ``T <= K``; valid: ``[N, T]`` bool, ``valid[:, 0]`` all True.
+
+    Returns:
+      ``SamLossOutput`` whose ``best`` and ``actual_iou`` describe the output matched to target 0.
+    """
+    n, k = mask_logits.shape[:2]
+    t = targets.shape[1]
+    if iou_pred.shape != (n, k) or targets.shape != (n, t, *mask_logits.shape[2:]) or valid.shape != (n, t):
+        raise ValueError(
+            f"shapes do not match: logits {tuple(mask_logits.shape)}, iou_pred {tuple(iou_pred.shape)}, "
+            f"targets {tuple(targets.shape)}, valid {tuple(valid.shape)}"
+        )
+    if t > k or not bool(valid[:, 0].all()):
+        raise ValueError("need T <= K targets, target 0 (the sampled one) valid for every prompt")
+    lg = mask_logits[:, :, None].expand(n, k, t, *mask_logits.shape[2:])
+    tg = targets[:, None].expand(n, k, t, *targets.shape[2:])
+    cost = mask_loss(lg, tg, w)  # N x K x T
+    perms = _assignments(k, t, mask_logits.device)  # P x T: output of each target
+    vf = valid.to(cost.dtype)
+    per_perm = (cost[:, perms, torch.arange(t, device=cost.device)] * vf[:, None]).sum(-1)  # N x P
+    choice = per_perm.detach().argmin(1)
+    chosen = per_perm.gather(1, choice[:, None]).squeeze(1) / vf.sum(1)
+    ious = mask_iou(lg, tg)  # N x K x T
+    target_iou = torch.where(valid[:, None], ious, torch.full_like(ious, -1.0)).amax(-1)  # N x K
+    iou_err = (iou_pred.float() - target_iou) ** 2
+    loss = chosen.mean() + w.iou * iou_err.mean()
+    best = perms[choice, 0]
+    actual = ious[torch.arange(n, device=ious.device), best, 0]
+    return SamLossOutput(
+        loss=loss, mask=chosen.detach(), iou=iou_err.detach().mean(1), best=best, actual_iou=actual
+    )

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from segany.modeling import MaskDecoder, PromptEncoder
-from segany.train.losses import PAPER, LossWeights, SamLossOutput, sam_loss
+from segany.train.losses import PAPER, LossWeights, SamLossOutput, sam_loss, sam_loss_multi_target
 
 BOX_NOISE_FRACTION = 0.1
 BOX_NOISE_CAP_PX = 20.0
+NEAR_DUPLICATE_IOU = 0.8  # another mask this close to the sampled one is the same answer, not a second one
 
 
 def _check_masks(gt: torch.Tensor) -> torch.Tensor:
@@ -164,6 +165,62 @@ def _error_points(
     return pts, labels
 
 
+def background_points(gt: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A background click near each object: uniform over the pixels outside the mask but inside its box grown by
+    a quarter of its size (+ 8 px) on each side — where an annotator clicks to say "not the table under the cup".
+
+    A mask whose grown box holds no background pixel gets a pixel of its own foreground (the caller's label
+    decides). Returns ``[N, 2]`` long ``(x, y)``.
+    """
+    n, h, w = gt.shape
+    box = masks_to_boxes(gt)
+    mx = (box[:, 2] - box[:, 0] + 1) * 0.25 + 8
+    my = (box[:, 3] - box[:, 1] + 1) * 0.25 + 8
+    xs = torch.arange(w, device=gt.device, dtype=box.dtype)
+    ys = torch.arange(h, device=gt.device, dtype=box.dtype)
+    in_x = (xs[None] >= (box[:, 0] - mx)[:, None]) & (xs[None] <= (box[:, 2] + mx)[:, None])  # N x W
+    in_y = (ys[None] >= (box[:, 1] - my)[:, None]) & (ys[None] <= (box[:, 3] + my)[:, None])  # N x H
+    region = in_y[:, :, None] & in_x[:, None, :] & ~gt
+    empty = ~region.flatten(1).any(1)
+    region = torch.where(empty[:, None, None], gt, region)
+    return _sample_pixels(region, generator)
+
+
+def nested_targets(
+    gt_low: torch.Tensor, others: torch.Tensor, points: torch.Tensor, stride: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The right answers to one click: the sampled mask and up to two other masks of its image that hold the
+    click and are not near-duplicates of it (whole/part: the person around a shirt, the shirt inside a person),
+    the largest first. Deterministic: it draws nothing from the simulation's random stream.
+
+    Arguments:
+      gt_low: ``[N, h, w]`` bool sampled masks at the loss resolution; others: ``[N, A, h, w]`` bool, the other
+        masks of each one's image (zero-padded); points: ``[N, 2]`` ``(x, y)`` clicks in the input frame;
+        stride: input pixels per loss cell.
+
+    Returns:
+      ``(targets [N, 3, h, w] bool, valid [N, 3] bool)``, target 0 being the sampled mask.
+    """
+    n, a, h, w = others.shape
+    cx = (points[:, 0].long() // stride).clamp(0, w - 1)
+    cy = (points[:, 1].long() // stride).clamp(0, h - 1)
+    rows = torch.arange(n, device=others.device)
+    holds = others[rows, :, cy, cx]  # N x A
+    inter = (others & gt_low[:, None]).flatten(2).sum(-1).float()
+    union = (others | gt_low[:, None]).flatten(2).sum(-1).float().clamp(min=1)
+    valid = holds & (inter / union < NEAR_DUPLICATE_IOU)
+    key = valid.float() * 2 + others.flatten(2).float().mean(-1)  # valid first, then by area
+    top = key.topk(min(2, a), dim=1).indices  # N x <=2
+    alt = others[rows[:, None], top]
+    alt_valid = valid.gather(1, top)
+    pad = 2 - top.shape[1]
+    if pad:
+        alt = torch.cat([alt, alt.new_zeros(n, pad, h, w)], 1)
+        alt_valid = torch.cat([alt_valid, alt_valid.new_zeros(n, pad)], 1)
+    targets = torch.cat([gt_low[:, None], alt], 1)
+    return targets, torch.cat([torch.ones(n, 1, dtype=torch.bool, device=others.device), alt_valid], 1)
+
+
 def round_schedule(
     generator: torch.Generator | None = None, n_points: int = 8, n_empty: int = 2
 ) -> list[bool]:
@@ -203,8 +260,10 @@ class _Group:
         boxes: torch.Tensor | None,
         points: torch.Tensor,
         labels: torch.Tensor,
+        others: torch.Tensor | None = None,
     ) -> None:
         self.index = index  # image of each mask
+        self.others = others  # n x A x h x w other masks of each one's image (nested answers), or None
         self.gt, self.gt_low, self.boxes = gt, gt_low, boxes
         self.points = points  # n x P x 2 float
         self.labels = labels  # n x P long
@@ -231,6 +290,8 @@ def simulate_interactive(
     backward: Callable[[torch.Tensor], None] | None = None,
     loss_weight: float = 1.0,
     loss_weights: LossWeights = PAPER,
+    others: torch.Tensor | None = None,
+    background_click_p: float = 0.0,
 ) -> list[RoundRecord]:
     """Run the 1 + ``n_points`` + ``n_empty`` rounds on one image's masks, supervising every round.
 
@@ -254,6 +315,13 @@ def simulate_interactive(
         click) instead of uniformly in the error region (the paper's, 0).
       single_mask_first_weight: weight of an extra loss on mask token 0 (the single-mask output) in ambiguous
         first-point calls, against the sampled mask; the paper's 0 leaves token 0 untrained on one point.
+      others: ``[N, A, h, w]`` bool at the loss resolution, the other masks of each mask's image (zero-padded):
+        on the first point, those that hold the click are right answers too (`nested_targets`,
+        `sam_loss_multi_target`); None is the paper's one sampled target.
+      background_click_p: share of corrective clicks replaced by a negative click on the background near the
+        object (`background_points`), whatever the current mask: the paper's clicks come only from the error
+        region, so a negative click where the mask is already right was never seen in training and the model
+        learned that any negative click means "shrink".
 
     Returns:
       One ``RoundRecord`` per round.
@@ -292,7 +360,14 @@ def simulate_interactive(
     if len(pt_idx):
         pts = sample_foreground_points(gt[pt_idx], generator).float()[:, None]
         lbl = torch.ones(len(pt_idx), 1, dtype=torch.long, device=dev)
-        groups.append((pt_idx, _Group(image_index[pt_idx], gt[pt_idx], gt_low[pt_idx], None, pts, lbl)))
+        grp_others = None if others is None else others[pt_idx]
+        groups.append(
+            (pt_idx, _Group(image_index[pt_idx], gt[pt_idx], gt_low[pt_idx], None, pts, lbl, grp_others))
+        )
+    if others is not None and (
+        others.dim() != 4 or others.shape[0] != n or others.shape[-2:] != gt_low.shape[-2:]
+    ):
+        raise ValueError(f"others must be [{n}, A, h, w] at the loss resolution, got {tuple(others.shape)}")
 
     image_pe = prompt_encoder.get_dense_pe()
     schedule = [True] + round_schedule(schedule_generator, n_points, n_empty)
@@ -314,6 +389,12 @@ def simulate_interactive(
                         c = interior_error_points(pred[pick, 0] > 0, grp.gt_low[pick], stride)
                         pts[pick] = c
                         lbl[pick] = grp.gt[pick, c[:, 1], c[:, 0]].long()
+                if background_click_p > 0:
+                    bg = torch.rand(len(pts), generator=generator, device=dev) < background_click_p
+                    if bool(bg.any()):
+                        b = background_points(grp.gt[bg], generator)
+                        pts[bg] = b
+                        lbl[bg] = grp.gt[bg, b[:, 1], b[:, 0]].long()
                 grp.points = torch.cat([grp.points, pts.float()[:, None]], 1)
                 grp.labels = torch.cat([grp.labels, lbl[:, None]], 1)
             points = (grp.points, grp.labels) if grp.points.shape[1] > 0 else None
@@ -334,7 +415,14 @@ def simulate_interactive(
                     dense_prompt_embeddings=dense,
                     multimask_output=grp.multimask,
                 )
-            out: SamLossOutput = sam_loss(logits.float(), iou_pred.float(), grp.gt_low, loss_weights)
+            if grp.multimask and grp.others is not None and r == 0:
+                stride = s[0] // grp.gt_low.shape[-1]
+                targets, valid = nested_targets(grp.gt_low, grp.others, grp.points[:, 0], stride)
+                out: SamLossOutput = sam_loss_multi_target(
+                    logits.float(), iou_pred.float(), targets, valid, loss_weights
+                )
+            else:
+                out = sam_loss(logits.float(), iou_pred.float(), grp.gt_low, loss_weights)
             group_loss = out.loss if extra is None else out.loss + single_mask_first_weight * extra.loss
             weighted = group_loss * (grp.gt.shape[0] / n) * loss_weight
             if backward is not None:

@@ -316,6 +316,43 @@ class StepStats:
     skipped: bool
 
 
+def _check_validation_split(cfg: TrainConfig, sources: list[Any]) -> None:
+    """A config that holds out a validation split trains only on packs made without it: folders read directly
+    would train on the held-out images."""
+    from segany.train.cache import PackedSamples
+
+    frac = cfg.data.validation_fraction
+    if frac <= 0:
+        return
+    for src in sources:
+        if not isinstance(src, PackedSamples):
+            raise ValueError(
+                f"data.validation_fraction is {frac}: train from a pack that leaves the split out "
+                "(`segany train CONFIG --pack PATH`, then `--data PATH`), not from the folders"
+            )
+        have = float(src.meta.get("validation_fraction", 0.0))
+        if have != frac:
+            raise ValueError(
+                f"{src.path} was packed with validation_fraction {have}, the config holds out {frac}; re-pack"
+            )
+
+
+def _others_per_mask(batch: list[Item], device: torch.device) -> torch.Tensor | None:
+    """``[N, A, h, w]`` bool: for each sampled mask, its image's other masks (zero-padded), or None if no image
+    of the batch has any."""
+    if all(it.others is None for it in batch):
+        return None
+    a = max(len(it.others) for it in batch if it.others is not None)
+    hw = next(it.others for it in batch if it.others is not None).shape[-2:]
+    rows = []
+    for it in batch:
+        pad = torch.zeros(a, *hw, dtype=torch.bool)
+        if it.others is not None:
+            pad[: len(it.others)] = it.others
+        rows.append(pad[None].expand(len(it.masks), -1, -1, -1))
+    return torch.cat(rows).to(device, non_blocking=True)
+
+
 def train_step(
     model: Sam,
     optimizer: torch.optim.Optimizer,
@@ -332,6 +369,7 @@ def train_step(
     gt = torch.cat([it.masks for it in batch]).to(device, non_blocking=True)
     image_index = torch.cat([torch.full((len(it.masks),), i, dtype=torch.long) for i, it in enumerate(batch)])
     image_index = image_index.to(device)
+    others = _others_per_mask(batch, device)
 
     optimizer.zero_grad(set_to_none=True)
     with amp, torch.set_grad_enabled(not cfg.freeze_encoder):
@@ -361,6 +399,8 @@ def train_step(
             backward=backward,
             loss_weight=1.0 / rounds,
             loss_weights=cfg.loss,
+            others=others,
+            background_click_p=cfg.background_click_p,
         )
     if not cfg.freeze_encoder:
         assert leaf.grad is not None
@@ -539,6 +579,7 @@ def train(
     (out / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
 
     sources = open_sources(cfg.data.sources, data_root or cfg.data.root)
+    _check_validation_split(cfg, sources)
     stream = mixed_stream(
         sources,
         [s.weight for s in cfg.data.sources],
@@ -550,7 +591,12 @@ def train(
     # the loss is taken on the low-res logits: 4x the embedding grid, i.e. one cell per patch_size / 4 pixels
     loss_stride = max(1, cfg.model.patch_size // 4)
     items = TrainItems(
-        stream, cfg.data.masks_per_image, cfg.data.min_mask_pixels, loss_stride, cfg.data.area_power
+        stream,
+        cfg.data.masks_per_image,
+        cfg.data.min_mask_pixels,
+        loss_stride,
+        cfg.data.area_power,
+        cfg.data.max_others,
     )
     sampler = StepBatches(cfg.batch_size, start, cfg.steps)
     loader = torch.utils.data.DataLoader(
