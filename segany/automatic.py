@@ -117,14 +117,18 @@ class _MaskSet:
         return int(self.iou.shape[0])
 
 
+OFFICIAL_PRED_IOU = 0.88  # the official generator's defaults, chosen for ViT-H
+OFFICIAL_STABILITY = 0.95
+
+
 class SamAutomaticMaskGenerator:
     def __init__(
         self,
         model: Sam,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
@@ -144,8 +148,11 @@ class SamAutomaticMaskGenerator:
           model: the SAM model.
           points_per_side: grid side n (n*n points on the full image); exclusive with `point_grids`.
           points_per_batch: prompts decoded per call (memory knob; results do not depend on it).
-          pred_iou_thresh: keep masks whose predicted IoU is > this (off if <= 0).
-          stability_score_thresh: keep masks whose stability score is >= this (off if <= 0).
+          pred_iou_thresh: keep masks whose predicted IoU is > this (off if <= 0). None: the model's own
+            recommendation (``model.generator_defaults``, stored in its checkpoint and chosen on its validation
+            split), else the official 0.88.
+          stability_score_thresh: keep masks whose stability score is >= this (off if <= 0). None: the model's
+            own, else the official 0.95.
           stability_score_offset: logit shift used by the stability score.
           box_nms_thresh: box-IoU NMS threshold within a crop.
           crop_n_layers: extra crop layers; layer i has (2**i)**2 crops.
@@ -190,8 +197,15 @@ class SamAutomaticMaskGenerator:
         self.point_grids = grids
         self.predictor = SamPredictor(model)
         self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
+        own = getattr(model, "generator_defaults", {}) or {}
+        self.pred_iou_thresh = float(
+            pred_iou_thresh if pred_iou_thresh is not None else own.get("pred_iou_thresh", OFFICIAL_PRED_IOU)
+        )
+        self.stability_score_thresh = float(
+            stability_score_thresh
+            if stability_score_thresh is not None
+            else own.get("stability_score_thresh", OFFICIAL_STABILITY)
+        )
         self.stability_score_offset = stability_score_offset
         self.box_nms_thresh = box_nms_thresh
         self.crop_n_layers = crop_n_layers
@@ -204,6 +218,33 @@ class SamAutomaticMaskGenerator:
         self.fast = fast
         # seconds spent per stage in the last `generate` call (encoder, decoder, filter+nms, rle)
         self.timings: dict[str, float] = {}
+        # what the last `generate` call's filters did (`explain_empty` turns it into a sentence)
+        self.filter_counts: dict[str, float] = {}
+
+    def explain_empty(self) -> str:
+        """Why the last `generate` call returned no mask, in one sentence naming the filter and the setting to
+        change (empty string if it returned masks or was never called)."""
+        fc = self.filter_counts
+        if fc.get("returned"):
+            return ""
+        if not fc or not fc["candidates"]:
+            return "no prompt was decoded (empty point grid?)" if fc else ""
+        n = int(fc["candidates"])
+        if not fc["passed_iou"]:
+            return (
+                f"none of the {n} candidate masks had a predicted IoU above pred_iou_thresh "
+                f"{self.pred_iou_thresh:g} (highest: {fc['max_predicted_iou']:.3f}); lower --pred-iou-thresh"
+            )
+        if not fc["passed_stability"]:
+            return (
+                f"{int(fc['passed_iou'])} of {n} candidate masks passed pred_iou_thresh {self.pred_iou_thresh:g}, "
+                f"none reached stability_score_thresh {self.stability_score_thresh:g} "
+                f"(highest: {fc['max_stability']:.3f}); lower --stability-score-thresh"
+            )
+        return (
+            f"{int(fc['passed_stability'])} masks passed the IoU and stability filters but all were dropped "
+            "at the crop edges, by max_mask_area_fraction or by min_mask_region_area"
+        )
 
     @classmethod
     def sa1b(cls, model: Sam, **overrides: Any) -> SamAutomaticMaskGenerator:
@@ -228,6 +269,13 @@ class SamAutomaticMaskGenerator:
         ):
             raise ValueError("image must be an H x W x 3 uint8 numpy array")
         self.timings = {"encoder": 0.0, "decoder": 0.0, "filter_nms": 0.0, "rle": 0.0}
+        self.filter_counts = {
+            "candidates": 0,
+            "passed_iou": 0,
+            "passed_stability": 0,
+            "max_predicted_iou": 0.0,
+            "max_stability": 0.0,
+        }
         data, crop_boxes = self._generate_masks(image)
         image_size = (image.shape[0], image.shape[1])
         with _Timer(self.timings, "filter_nms"):
@@ -239,7 +287,9 @@ class SamAutomaticMaskGenerator:
                     max(self.box_nms_thresh, self.crop_nms_thresh),
                 )
         with _Timer(self.timings, "rle"):
-            return self._records(data, image_size, crop_boxes)
+            records = self._records(data, image_size, crop_boxes)
+        self.filter_counts["returned"] = len(records)
+        return records
 
     # ------------------------------------------------------------------------------------------------ stages
     def _generate_masks(self, image: np.ndarray) -> tuple[_MaskSet, list[list[int]]]:
@@ -292,6 +342,11 @@ class SamAutomaticMaskGenerator:
                     else torch.ones_like(iou, dtype=torch.bool)
                 )
                 any_kept = keep.any(dim=1)
+                fc = self.filter_counts
+                fc["candidates"] += iou.numel()
+                fc["passed_iou"] += int(keep.sum())
+                if iou.numel():
+                    fc["max_predicted_iou"] = max(fc["max_predicted_iou"], float(iou.max()))
                 low = decoder.masks(queries[any_kept], keys[any_kept])
                 del queries, keys
             with _Timer(self.timings, "filter_nms"):
@@ -309,9 +364,12 @@ class SamAutomaticMaskGenerator:
                     logits = _upsample(low[c0 : c0 + chunk], model.image_encoder.img_size, input_size, (h, w))
                     stab = stability_score(logits, mask_thr, self.stability_score_offset)
                     ciou, cpidx = iou[c0 : c0 + chunk], pidx[c0 : c0 + chunk]
+                    if len(stab):
+                        fc["max_stability"] = max(fc["max_stability"], float(stab.max()))
                     if self.stability_score_thresh > 0.0:
                         keep = stab >= self.stability_score_thresh
                         logits, stab, ciou, cpidx = logits[keep], stab[keep], ciou[keep], cpidx[keep]
+                    fc["passed_stability"] += len(stab)
                     masks = logits > mask_thr
                     del logits
                     boxes = masks_to_boxes(masks)

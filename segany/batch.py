@@ -337,6 +337,8 @@ class ItemResult:
     error: str | None = None
     message: str | None = None
     worker: str = ""
+    # set when the image was segmented but yielded no mask: why (which filter removed every candidate)
+    note: str | None = None
 
 
 def load_model(spec: ModelSpec) -> Any:
@@ -376,8 +378,12 @@ def process_payload(payload: Payload, generator: Any, worker: str = "") -> ItemR
 
     try:
         image = load_image(payload.data, name=payload.key)
+        note = None
         if payload.annotation is None:
             records = generator.generate(image)
+            if not records:
+                explain = getattr(generator, "explain_empty", None)
+                note = (explain() if explain is not None else "") or "the generator returned no mask"
             annotation: bytes | None = annotation_bytes(
                 payload.image_id, payload.key, image.shape[1], image.shape[0], records
             )
@@ -388,7 +394,7 @@ def process_payload(payload: Payload, generator: Any, worker: str = "") -> ItemR
         png = encode_png(render_overlay(image, masks)) if payload.overlay else None
     except Exception as exc:  # poison inputs are data: the driver records them and carries on
         return ItemResult(payload.key, error=type(exc).__name__, message=str(exc)[:2000], worker=worker)
-    return ItemResult(payload.key, annotation=annotation, overlay=png, worker=worker)
+    return ItemResult(payload.key, annotation=annotation, overlay=png, worker=worker, note=note)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -470,6 +476,8 @@ class BatchSummary:
     processed_this_run: int = 0
     skipped_done: int = 0
     out_dir: str = ""
+    # images segmented in this run that yielded no mask, with the reason (`explain_empty`)
+    no_masks: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -599,6 +607,8 @@ def run_job(
             for result in results:
                 _publish(targets[result.key], result, failures)
                 summary.processed_this_run += 1
+                if result.error is None and result.note:
+                    summary.no_masks[result.key] = result.note
                 if bar is not None:
                     bar.update(1)
                 if on_result is not None:

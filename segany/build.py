@@ -206,14 +206,16 @@ def build_sam_tiny(checkpoint: str | Path | None = None) -> Sam:
 
 def build_sam_from_checkpoint(checkpoint: str | Path) -> Sam:
     """Build the architecture a segany checkpoint describes in its own metadata, then load it."""
-    from segany.checkpoint import read_config
+    from segany.checkpoint import read_config, read_generator_defaults
 
     config = read_config(checkpoint)
     if config is None:
         raise ValueError(
             f"{checkpoint} carries no segany config; name its size instead (vit_b, vit_l, vit_h)"
         )
-    return build_sam(config, checkpoint)
+    sam = build_sam(config, checkpoint)
+    sam.generator_defaults = read_generator_defaults(checkpoint)
+    return sam
 
 
 def build_sam_default(checkpoint: str | Path | None = None) -> Sam:
@@ -224,13 +226,10 @@ def build_sam_default(checkpoint: str | Path | None = None) -> Sam:
             f"segany's default weights are missing at {path}; pass --checkpoint with an official checkpoint "
             "and --model vit_b/vit_l/vit_h"
         )
-    from segany.masks.graphcut import GraphCutRefiner
-
-    sam = build_sam_from_checkpoint(path)
-    # A network this small groups pixels poorly; its point and box masks are re-solved with the image's colours
-    # (MODEL.md has the figures with and without). `SamPredictor(sam, refiner=False)` turns it off.
-    sam.mask_refiner = GraphCutRefiner()
-    return sam
+    # No post-process by default: every surface (predictor, CLI, generator, the page's in-browser decoder)
+    # shows the network's own mask for a prompt. The graph-cut refinement stays available on request
+    # (`SamPredictor(sam, refiner=True)`, `--refine on`); it costs far more than a click's 50 ms budget.
+    return build_sam_from_checkpoint(path)
 
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {

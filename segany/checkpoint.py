@@ -23,6 +23,7 @@ from torch import nn
 from segany.build import CONFIGS, SamConfig
 
 CONFIG_METADATA_KEY = "segany_config"
+GENERATOR_METADATA_KEY = "segany_generator_defaults"  # JSON: the automatic generator's recommended filters
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -76,6 +77,45 @@ def read_config(path: str | Path) -> SamConfig | None:
         meta = f.metadata() or {}
     text = meta.get(CONFIG_METADATA_KEY)
     return SamConfig.from_json(text) if text else None
+
+
+def read_generator_defaults(path: str | Path) -> dict[str, float]:
+    """The automatic-generator settings a segany safetensors file recommends (``{}`` when it has none)."""
+    import json
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get(GENERATOR_METADATA_KEY)
+    if not text:
+        return {}
+    raw = json.loads(text)
+    allowed = {"pred_iou_thresh", "stability_score_thresh"}
+    if (
+        not isinstance(raw, dict)
+        or set(raw) - allowed
+        or not all(isinstance(v, int | float) for v in raw.values())
+    ):
+        raise CheckpointError(f"{path}: malformed {GENERATOR_METADATA_KEY} metadata {text[:200]!r}")
+    return {k: float(v) for k, v in raw.items()}
+
+
+def write_generator_defaults(path: str | Path, defaults: Mapping[str, float]) -> None:
+    """Store recommended generator settings in a segany safetensors file, keeping its tensors and config."""
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+    meta[GENERATOR_METADATA_KEY] = json.dumps({k: float(v) for k, v in sorted(defaults.items())})
+    save_safetensors(path, tensors, metadata=meta)
+    read_generator_defaults(path)  # refuses what it could not read back
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

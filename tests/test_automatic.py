@@ -204,3 +204,52 @@ def test_cuda_matches_cpu(pair):
     gpu = SamAutomaticMaskGenerator(ours.to("cuda"), **kw).generate(image)
     ours.to("cpu")
     assert_same_masks(gpu, cpu)
+
+
+def test_generator_takes_the_models_own_filters_unless_given(tmp_path) -> None:
+    from segany.automatic import SamAutomaticMaskGenerator
+    from segany.build import build_sam_from_checkpoint, sam_model_registry
+    from segany.checkpoint import (
+        CheckpointError,
+        read_generator_defaults,
+        save_safetensors,
+        write_generator_defaults,
+    )
+
+    torch.manual_seed(0)
+    model = sam_model_registry["tiny"]()
+    path = tmp_path / "m.safetensors"
+    from segany.build import TINY
+
+    save_safetensors(path, model.state_dict(), TINY)
+    plain = build_sam_from_checkpoint(path)
+    g = SamAutomaticMaskGenerator(plain, points_per_side=2)
+    assert (g.pred_iou_thresh, g.stability_score_thresh) == (0.88, 0.95)  # official defaults
+    write_generator_defaults(path, {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.8})
+    assert read_generator_defaults(path) == {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.8}
+    own = build_sam_from_checkpoint(path)
+    assert torch.equal(own.mask_decoder.iou_token.weight, plain.mask_decoder.iou_token.weight)
+    g = SamAutomaticMaskGenerator(own, points_per_side=2)
+    assert (g.pred_iou_thresh, g.stability_score_thresh) == (0.6, 0.8)
+    g = SamAutomaticMaskGenerator(own, points_per_side=2, pred_iou_thresh=0.9, stability_score_thresh=0.0)
+    assert (g.pred_iou_thresh, g.stability_score_thresh) == (0.9, 0.0)  # the user's values win
+    with pytest.raises(CheckpointError, match="malformed"):
+        write_generator_defaults(path, {"box_nms_thresh": 0.5})
+
+
+def test_explain_empty_names_the_filter_that_removed_everything() -> None:
+    from segany.automatic import SamAutomaticMaskGenerator
+    from segany.build import sam_model_registry
+
+    torch.manual_seed(0)
+    model = sam_model_registry["tiny"]().eval()
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    g = SamAutomaticMaskGenerator(model, points_per_side=3, pred_iou_thresh=9.0)
+    assert g.generate(image) == []
+    why = g.explain_empty()
+    assert why.startswith("none of the 27 candidate masks had a predicted IoU above pred_iou_thresh 9")
+    g = SamAutomaticMaskGenerator(model, points_per_side=3, pred_iou_thresh=-1.0, stability_score_thresh=1.5)
+    assert g.generate(image) == []
+    assert "none reached stability_score_thresh 1.5" in g.explain_empty()
+    g = SamAutomaticMaskGenerator(model, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert g.generate(image) and g.explain_empty() == ""  # masks were returned: nothing to explain

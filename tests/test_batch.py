@@ -315,7 +315,8 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
 
 def test_generator_kwargs_resolution() -> None:
     kwargs = batch.resolve_generator_kwargs(None, {"points_per_side": 8})
-    assert kwargs["points_per_side"] == 8 and kwargs["pred_iou_thresh"] == 0.88
+    # None: the model's own recommended filters (its checkpoint metadata), else the official 0.88 / 0.95
+    assert kwargs["points_per_side"] == 8 and kwargs["pred_iou_thresh"] is None
     assert "output_mode" not in kwargs and "point_grids" not in kwargs
     with pytest.raises(batch.BatchError, match="unknown generator parameter"):
         batch.resolve_generator_kwargs(None, {"points_per_sid": 8})
@@ -324,3 +325,21 @@ def test_generator_kwargs_resolution() -> None:
     sa1b = batch.resolve_generator_kwargs("sa1b", {})
     assert sa1b["crop_n_layers"] == 2 and sa1b["min_mask_region_area"] == 100
     assert batch.resolve_generator_kwargs("sa1b", {"crop_n_layers": 1})["crop_n_layers"] == 1
+
+
+def test_cli_warns_with_the_reason_when_an_image_yields_no_mask(tmp_path: Path, capsys) -> None:
+    from segany.cli import main
+
+    make_inputs(tmp_path / "in", n_good=2, poison=False)
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    args = ["auto", str(tmp_path / "in"), "--model", "tiny"]
+    args += ["--checkpoint", str(ckpt), "--no-progress", "--points-per-side", "2"]
+    code = main([*args, "--out", str(tmp_path / "out"), "--pred-iou-thresh", "5"])  # no IoU can pass
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "2 images yielded no mask" in err
+    assert "predicted IoU above pred_iou_thresh 5 (highest: " in err and "lower --pred-iou-thresh" in err
+    code = main(
+        [*args, "--out", str(tmp_path / "o2"), "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    )
+    assert code == 0 and "yielded no mask" not in capsys.readouterr().err

@@ -146,7 +146,11 @@ class ModelService:
         return np.ascontiguousarray(arr, dtype="<f4").tobytes()
 
     def prefill(
-        self, rgb: np.ndarray, points_per_side: int, pred_iou_thresh: float, stability_thresh: float
+        self,
+        rgb: np.ndarray,
+        points_per_side: int,
+        pred_iou_thresh: float | None,
+        stability_thresh: float | None,
     ) -> tuple[list[dict], float]:
         """Stage 2: the masks the automatic generator is confident about, as COCO RLE, and the seconds it took."""
         import torch

@@ -41,8 +41,10 @@ class EngineSettings:
     max_pixels: int = 50_000_000
     session_ttl_s: float = 12 * 3600.0
     prefill_points_per_side: int = 16
-    prefill_iou_thresh: float = 0.9  # stage 2 keeps only confident masks (the generator's default is 0.88)
-    prefill_stability_thresh: float = 0.95
+    # Stage 2 pre-fills only masks the generator is confident about. None: the model's own recommended filters
+    # (its checkpoint's `generator_defaults`, chosen on its validation split), else the official 0.88 / 0.95.
+    prefill_iou_thresh: float | None = None
+    prefill_stability_thresh: float | None = None
     project_name: str | None = None  # defaults to the image folder's name
     generated_password: bool = False
 

@@ -25,6 +25,9 @@ class Sam(nn.Module):
     # Post-processing `SamPredictor.predict` applies to its boolean masks by default (called as
     # ``refiner(rgb, logits, point_coords, point_labels, box)``); the default model's builder sets a graph cut.
     mask_refiner: Callable[..., Any] | None = None
+    # The automatic generator's filter settings this model's authors recommend (e.g. ``pred_iou_thresh``), read
+    # from its checkpoint's metadata; empty for official checkpoints (the generator's official defaults apply).
+    generator_defaults: dict[str, float] = {}  # noqa: RUF012  (replaced per instance, never mutated)
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
