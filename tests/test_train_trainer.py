@@ -374,6 +374,9 @@ def test_cpu_stage_configs_state_only_their_changes() -> None:
         ("center_click_p: 1.5", "center_click_p"),
         ("decoder_attn_init_gain: -1", "init_gain"),
         ("single_mask_first_weight: -0.5", "single_mask_first_weight"),
+        ("background_click_p: 2", "background_click_p"),
+        ("data: {max_others: -1}", "max_others"),
+        ("data: {validation_fraction: 1.0}", "validation_fraction"),
     ],
 )
 def test_config_rejects_out_of_range_training_options(tmp_path: Path, line: str, match: str) -> None:
@@ -582,3 +585,77 @@ def test_a_data_worker_error_ends_the_run_instead_of_hanging(pack: Path, tmp_pat
         proc.communicate()
         pytest.fail("the run hung after its data worker raised")
     assert proc.returncode != 0 and "boom from the data worker" in err
+
+
+def test_items_carry_the_other_masks_that_overlap_the_picked_ones() -> None:
+    import numpy as np
+
+    from segany.data.sample import Sample
+    from segany.train.data import TrainItems
+
+    masks = np.zeros((3, 32, 32), dtype=bool)
+    masks[0, 4:28, 4:28] = True  # a person
+    masks[1, 8:16, 8:24] = True  # its shirt
+    masks[2, 28:32, 28:32] = True  # something apart
+
+    class Stream:
+        seed = 0
+
+        def __len__(self) -> int:
+            return 50
+
+        def __getitem__(self, i: int) -> Sample:
+            return Sample(image=np.zeros((32, 32, 3), np.uint8), masks=masks, source="t")
+
+    items = TrainItems(Stream(), masks_per_image=1, min_mask_pixels=1, loss_stride=4, max_others=4)  # type: ignore[arg-type]
+    for i in range(20):
+        it = items[i]
+        picked = it.masks[0].numpy()
+        if picked.sum() == masks[1].sum():  # the shirt: its person is the other answer, the far one is not
+            assert it.others is not None and it.others.shape == (1, 8, 8)
+            assert it.others[0].numpy().sum() == 36  # 24 x 24 px at stride 4
+        if picked.sum() == masks[2].sum():
+            assert it.others is None
+    assert TrainItems(Stream(), masks_per_image=1, min_mask_pixels=1)[0].others is None  # type: ignore[arg-type]
+
+
+@needs_data
+def test_nested_answers_and_background_clicks_train(pack: Path, tmp_path: Path) -> None:
+    from segany.train.trainer import train
+
+    cfg = _cfg(pack, steps=3, background_click_p=0.5)
+    cfg = replace(cfg, data=replace(cfg.data, max_others=4))
+    res = train(cfg, tmp_path, progress=False)
+    assert len(res.losses) == 3 and all(0 < x < 10 for x in res.losses)
+
+
+def test_a_validation_split_trains_only_from_a_pack_made_without_it(tmp_path: Path) -> None:
+    import numpy as np
+
+    from segany.data.sample import Sample
+    from segany.train.cache import pack_samples, pack_sources
+    from segany.train.trainer import train
+
+    m = np.zeros((1, 32, 32), bool)
+    m[0, 2:20, 2:20] = True
+    samples = [Sample(np.full((32, 32, 3), i, np.uint8), m, source=f"x/{i}") for i in range(12)]
+    pack_samples(samples, tmp_path / "all.npz", 32)
+    cfg = TrainConfig(
+        model=TINY,
+        data=DataConfig(
+            root=str(tmp_path), sources=[SourceConfig(root="all.npz", kind="pack")], validation_fraction=0.2
+        ),
+        steps=1,
+    )
+    with pytest.raises(ValueError, match="packed with validation_fraction 0.0"):
+        train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="train from a pack"):
+        train(
+            replace(cfg, data=replace(cfg.data, sources=[SourceConfig(root=str(DATA / "msrc_v2"))])),
+            tmp_path / "r2",
+            progress=False,
+        )
+    pack_sources([("x", samples)], tmp_path / "split.npz", 32, validation_fraction=0.2)  # type: ignore[list-item]
+    cfg = replace(cfg, data=replace(cfg.data, sources=[SourceConfig(root="split.npz", kind="pack")]))
+    cfg = replace(cfg, data=replace(cfg.data, lsj_scale=None, min_mask_pixels=1), n_points=1, n_empty=0)
+    assert len(train(cfg, tmp_path / "ok", progress=False).losses) == 1
