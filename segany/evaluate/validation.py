@@ -10,6 +10,9 @@ Four measurements, network alone (no post-process):
 * **whole/part** — clicks on garments and body parts of held-out CCP people: how often the three masks hold both
   the part and the whole person (IoU >= 0.5, two different masks), and how often the top-scored mask is one
   of them;
+* **background click** — after the first click, one negative click on the background near the object (the
+  interior-most background pixel of the object's box grown by a quarter per side): the mask must not shrink;
+  the mean IoU before and after, and how often it falls by more than 0.05;
 * **automatic** — the generator's candidates (every grid point's three masks, no filter) on held-out images
   whose folders annotate every object or region (COCO, MSRC, BSDS500): masks per image and matched precision /
   recall for each pair of (predicted-IoU, stability) thresholds, the pair with the best F1 — what a model
@@ -73,6 +76,9 @@ class ValidationReport:
     clicks: list[np.ndarray] = field(default_factory=list)  # per object: IoU after clicks 1..K
     first: list[FirstClick] = field(default_factory=list)
     whole_part: list[dict[str, Any]] = field(default_factory=list)
+    background: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # IoU before / after a background click
     auto: dict[str, Any] = field(default_factory=dict)
     images: dict[str, int] = field(default_factory=dict)  # held-out images used, per folder
 
@@ -113,6 +119,14 @@ class ValidationReport:
                 "person_found_rate": round(float(np.mean([w["person"] for w in wp])), 4),
                 "top_is_one_rate": round(float(np.mean([w["top_is_one"] for w in wp])), 4),
             }
+        if self.background:
+            before, after = np.array(self.background).T
+            out["background_click"] = {
+                "objects": len(before),
+                "miou_before": round(float(before.mean()), 4),
+                "miou_after": round(float(after.mean()), 4),
+                "fell_by_0.05_rate": round(float(np.mean(after < before - 0.05)), 4),
+            }
         if self.auto:
             out["automatic"] = self.auto
         return out
@@ -127,6 +141,34 @@ def first_click(predictor: Any, gt: np.ndarray) -> FirstClick:
     )
     actual = np.array([mask_iou(m, gt) for m in masks])
     return FirstClick(predicted=np.asarray(scores, dtype=np.float64), actual=actual)
+
+
+def background_click(predictor: Any, gt: np.ndarray) -> tuple[float, float] | None:
+    """IoU of the first click's top-scored mask, and of the answer once a negative click is added on the
+    background near the object (previous logits fed back, as the click protocol does); None if the grown box
+    holds no background."""
+    ys, xs = np.nonzero(gt)
+    h, w = gt.shape
+    my, mx = (ys.max() - ys.min() + 1) // 4 + 8, (xs.max() - xs.min() + 1) // 4 + 8
+    ring = np.zeros_like(gt)
+    ring[max(0, ys.min() - my) : ys.max() + my + 1, max(0, xs.min() - mx) : xs.max() + mx + 1] = True
+    ring &= ~gt
+    bg = interior_point(ring)
+    fg = interior_point(gt)
+    if bg is None or fg is None:
+        return None
+    masks, scores, logits = predictor.predict(
+        point_coords=np.array([fg], dtype=np.float64), point_labels=np.array([1]), multimask_output=True
+    )
+    top = int(np.argmax(scores))
+    before = mask_iou(masks[top], gt)
+    masks, _, _ = predictor.predict(
+        point_coords=np.array([fg, bg], dtype=np.float64),
+        point_labels=np.array([1, 0]),
+        mask_input=logits[top][None],
+        multimask_output=False,
+    )
+    return before, mask_iou(masks[0], gt)
 
 
 def whole_part_clicks(predictor: Any, sample: Sample, min_fraction: float = 0.01) -> list[dict[str, Any]]:
@@ -255,7 +297,9 @@ def proposal_ar(samples_records: Sequence[tuple[Sample, list[dict[str, Any]]]]) 
     from segany.evaluate.proposals import evaluate_proposals, proposal_results, rank_proposals
     from segany.masks.boxes import nms
 
-    images, anns, results = [], [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for i, (s, recs) in enumerate(samples_records, start=1):
         images.append({"id": i, "height": s.height, "width": s.width})
         for r in _rle_of(s.masks):
@@ -318,6 +362,9 @@ def run_validation(
                 gt = sample.masks[j]
                 report.first.append(first_click(predictor, gt))
                 report.clicks.append(run_clicks(predictor, gt, None, max_clicks).ious)
+                bg = background_click(predictor, gt)
+                if bg is not None:
+                    report.background.append(bg)
             if name in COMPLETE_FOLDERS:
                 auto_pool.append(sample)
             if progress is not None:
