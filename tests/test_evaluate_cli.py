@@ -15,12 +15,12 @@ from segany.cli import main
 H, W = 48, 64
 
 
-def write_folder_benchmark(root: Path) -> Path:
-    """GrabCut-like folder: images of mixed extensions, masks 0 / 128 (ignore band) / 255."""
+def write_folder_benchmark(root: Path, more: tuple[str, ...] = ()) -> Path:
+    """GrabCut-like folder: images of mixed extensions, masks 0 / 128 (ignore band) / 255; ``more`` adds stems."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(1)
-    for stem, ext in (("a", ".jpg"), ("b", ".BMP")):
+    for stem, ext in (("a", ".jpg"), ("b", ".BMP")) + tuple((m, ".png") for m in more):
         Image.fromarray(rng.integers(0, 255, (H, W, 3)).astype(np.uint8)).save(
             root / "images" / f"{stem}{ext}"
         )
@@ -63,11 +63,51 @@ def test_eval_points_end_to_end(tmp_path, capsys):
     s = payload["datasets"]["bench"]
     assert s["num_images"] == 1 and s["num_instances"] == 1 and len(s["miou_at_k"]) == 3
     assert 0 <= s["miou_1_auto"] <= s["miou_1_oracle"] <= 1
-    assert 1 <= s["noc_85"] <= 3 and 0 <= s["grabcut_miou"] <= 1
+    assert 1 <= s["noc_85_max3"] <= 3 and 0 <= s["grabcut_miou"] <= 1
+    assert "noc_85" not in s  # capped at 3 clicks: not to be read as the standard NoC (20 clicks)
     assert payload["meta"]["model"] == "tiny" and payload["meta"]["segany_version"]
     for name in ("points.md", "points_miou_curve.png", "points_bench_examples.png"):
         assert (out / name).stat().st_size > 0
-    assert "| bench | 1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| bench | 1 |" in printed
+    assert "NoC@85 (≤3 clicks) | NoC@90 (≤3 clicks)" in printed
+    # the tiny model's weights are random, not shipped ones
+    assert "random weights" in printed and "built-in" not in printed
+    assert payload["meta"]["weights"] == "random weights, untrained"
+
+
+def test_eval_points_same_folder_names_and_spread_limit(tmp_path):
+    """Two folders both named ``val`` keep their own results; --limit spreads over the sorted images."""
+    a = write_folder_benchmark(tmp_path / "a" / "val", more=("c", "d"))  # images a, b, c, d
+    b = write_folder_benchmark(tmp_path / "b" / "val")
+    out = tmp_path / "out"
+    argv = ("--out", str(out), "--limit", "2", "--max-clicks", "1", "--no-grabcut")
+    assert _run("points", "--data", str(a), str(b), *argv) == 0
+    datasets = json.loads((out / "points.json").read_text())["datasets"]
+    assert list(datasets) == ["a/val", "b/val"]
+    assert datasets["a/val"]["path"] == str(a) and datasets["b/val"]["path"] == str(b)
+    # 2 of the 4 sorted images, evenly spaced: a and c, not the first two (a and b)
+    assert [o["object"] for o in datasets["a/val"]["per_object"]] == ["val/a#0", "val/c#0"]
+    assert [o["object"] for o in datasets["b/val"]["per_object"]] == ["val/a#0", "val/b#0"]
+    for name in ("points_a_val_examples.png", "points_b_val_examples.png"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "points.md").read_text()
+    assert "| a/val | 2 |" in md and "| b/val | 2 |" in md
+
+
+def test_dataset_names_and_spread_indices(tmp_path):
+    from segany.evaluate.runs import dataset_names, spread_indices
+
+    for d in ("x/a/val", "y/a/val", "z/test", "val"):
+        (tmp_path / d).mkdir(parents=True)
+    paths = [tmp_path / d for d in ("x/a/val", "y/a/val", "z/test", "val")]
+    assert dataset_names(paths) == ["x/a/val", "y/a/val", "test", f"{tmp_path.name}/val"]
+    assert dataset_names([tmp_path / "z/test", tmp_path / "z" / ".." / "z/test"]) == ["test", "test (2)"]
+    assert dataset_names([tmp_path / "val"]) == ["val"]
+    assert spread_indices(10, None) == list(range(10)) and spread_indices(3, 5) == [0, 1, 2]
+    assert spread_indices(10, 1) == [0]
+    assert spread_indices(10, 4) == [0, 2, 5, 7]
+    assert spread_indices(1000, 10) == list(range(0, 1000, 100))
 
 
 def test_eval_points_reads_instance_id_maps(tmp_path):

@@ -116,11 +116,13 @@ def test_shifted_masks_give_computed_ious_and_clicks():
     res = run_clicks(pred, gt, max_clicks=4)
     np.testing.assert_allclose(res.ious, [0.6] * 4)
     assert number_of_clicks(res.ious, 0.85, 4) == 4  # never reached: capped
-    # errors: FN strip cols 10..14 and FP strip cols 30..34, both 100 px -> tie -> positive click in the FN strip,
-    # interior-most = column 12, first row with distance 3 = row 12
+    # errors: FN strip cols 10..14 and FP strip cols 30..34, both reach distance 3 -> tie -> negative click in the
+    # FP strip (RITM), interior-most = column 32, first row with distance 3 = row 12; the next click skips that
+    # pixel (RITM's not_clicked_map): the same tie, one row down
     second = pred.calls[1]
-    assert second["coords"].tolist() == [[19.0, 19.0], [12.0, 12.0]]
-    assert second["labels"].tolist() == [1, 1]
+    assert second["coords"].tolist() == [[19.0, 19.0], [32.0, 12.0]]
+    assert second["labels"].tolist() == [1, 0]
+    assert pred.calls[2]["coords"][-1].tolist() == [32.0, 13.0]
     assert not second["multimask"]
     # the auto-picked first mask (highest score: index 2) is fed back, then the single mask of each call
     np.testing.assert_array_equal(second["mask_input"], pred.calls[0]["logits"][2][None])

@@ -6,7 +6,9 @@
     segany eval instances --data COCO_DIR       mask AP of box-prompted masks (--detections or GT boxes)
 
 Every command writes ``<command>.md`` (table), ``<command>.json`` (all numbers, model, data, settings, segany
-version) and PNG plots into ``--out``. ``--limit N`` evaluates only the first N images of each dataset.
+version) and PNG plots into ``--out``. ``--limit N`` evaluates only N images of each dataset: for points, N
+images evenly spaced over the sorted set (its first N are often one kind of object); for the others, the first N.
+Several points datasets are named by their folder, with parent folders where names would clash (a/val, b/val).
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("kind", choices=KINDS, help="which experiment")
     p.add_argument("--data", required=True, nargs="+", help="dataset folder(s); several only for points")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images per dataset")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="evaluate only N images per dataset: points, evenly spaced over the sorted set; others, the first N",
+    )
     add_model_args(p)
     add_refine_arg(p)
     p.add_argument("--max-clicks", type=int, default=20, help="points: clicks per object (20)")

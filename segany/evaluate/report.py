@@ -27,10 +27,21 @@ def run_metadata(
         "python": platform.python_version(),
         "model": model,
         "checkpoint": checkpoint,
+        "weights": weights_description(model, checkpoint),
         "data": [str(d) for d in data],
         "settings": settings,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def weights_description(model: str | None, checkpoint: str | None) -> str:
+    """Where a run's weights came from, for a report: the checkpoint, the shipped weights, or (``tiny`` with no
+    checkpoint) random initialisation, whose numbers measure nothing but the code path."""
+    if checkpoint:
+        return str(checkpoint)
+    if model == "tiny":
+        return "random weights, untrained"
+    return "built-in weights"
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -121,28 +132,53 @@ def plot_pr_curves(curves: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+OVERLAY_COLUMNS = 3
+MASK_TINT = (0.1, 0.45, 1.0)
+
+
 def plot_overlays(cases: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    """A row of example overlays: each case has ``image``, ``mask`` (prediction), ``gt``, ``label`` and
-    optionally ``clicks`` (``[(x, y, positive)]``)."""
+    """Example overlays in a grid of up to `OVERLAY_COLUMNS` columns: each case has ``image``, ``mask``
+    (prediction), ``gt``, ``label`` and optionally ``clicks`` (``[(x, y, positive)]``)."""
     if not cases:
         return
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3.4), squeeze=False)
-    for ax, case in zip(axes[0], cases, strict=True):
+    fig = overlay_figure(cases, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def overlay_figure(cases: Sequence[dict[str, Any]], title: str) -> Any:
+    """The figure of `plot_overlays`. The predicted mask is tinted blue *and* outlined (a white line on a black
+    one), so that it shows on any background, a blue one included; the GT is outlined in yellow."""
+    plt = _pyplot()
+    ncols = min(len(cases), OVERLAY_COLUMNS)
+    nrows = math.ceil(len(cases) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[len(cases) :]:
+        ax.axis("off")
+    for ax, case in zip(flat, cases, strict=False):
         image = case["image"].astype(np.float32) / 255.0
         shown = image.copy()
-        mask, gt = case["mask"], case["gt"]
-        shown[mask] = 0.5 * shown[mask] + 0.5 * np.array([0.1, 0.45, 1.0])
+        mask, gt = np.asarray(case["mask"], dtype=bool), np.asarray(case["gt"], dtype=bool)
+        shown[mask] = 0.5 * shown[mask] + 0.5 * np.array(MASK_TINT)
         ax.imshow(shown)
-        ax.contour(gt.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
+        if mask.any():
+            outline = np.pad(mask, 1).astype(float)  # padded: a mask touching the border is closed there too
+            xs, ys = np.arange(-1, mask.shape[1] + 1), np.arange(-1, mask.shape[0] + 1)
+            for color, width in (("black", 2.2), ("white", 1.0)):
+                ax.contour(xs, ys, outline, levels=[0.5], colors=[color], linewidths=width)
+        if gt.any():
+            ax.contour(gt.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
         for x, y, positive in case.get("clicks", []):
             ax.plot(x, y, marker="o", ms=6, mec="white", color="lime" if positive else "red")
+        ax.set_xlim(-0.5, mask.shape[1] - 0.5)
+        ax.set_ylim(mask.shape[0] - 0.5, -0.5)
         ax.set_title(case["label"], fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def plot_edge_examples(examples: Sequence[dict[str, Any]], path: Path) -> None:

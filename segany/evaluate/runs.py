@@ -6,7 +6,9 @@ Each ``run_*`` writes ``<name>.md``, ``<name>.json`` and PNG plots into ``out`` 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -56,6 +58,52 @@ def open_point_dataset(path: str | Path, mask_kind: str = "binary", ignore_label
 # ---------------------------------------------------------------------------------------------------- points
 
 
+def dataset_names(paths: Sequence[str | Path]) -> list[str]:
+    """Unique, readable result names for dataset folders: each folder's name, with as many parent folders as
+    it takes to tell it from the others (``a/val`` and ``b/val``, not ``val`` twice); the same folder given
+    twice gets `` (2)``."""
+    parts = [Path(p).resolve().parts[1:] or (str(Path(p).resolve()),) for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(pt[-d:]) for pt, d in zip(parts, depth, strict=True)]
+        folders: dict[str, set[tuple[str, ...]]] = {}
+        for name, pt in zip(names, parts, strict=True):
+            folders.setdefault(name, set()).add(pt)
+        grow = [i for i, name in enumerate(names) if len(folders[name]) > 1 and depth[i] < len(parts[i])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen: Counter[str] = Counter()
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return unique
+
+
+def _file_slugs(names: Sequence[str]) -> list[str]:
+    """File-name-safe versions of unique names, still unique (``a/val`` -> ``a_val``)."""
+    slugs: list[str] = []
+    for name in names:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "data"
+        base, k = slug, 2
+        while slug in slugs:
+            slug, k = f"{base}_{k}", k + 1
+        slugs.append(slug)
+    return slugs
+
+
+def spread_indices(total: int, limit: int | None) -> list[int]:
+    """``limit`` indices evenly spaced over ``range(total)`` (all of them without a limit): a sorted dataset's
+    first N items are often one kind of object (COCO-MVal sorted by name starts with airplanes)."""
+    if limit is None or limit >= total:
+        return list(range(total))
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return [i * total // limit for i in range(limit)]
+
+
 def run_points(
     predictor: Any,
     datasets: Sequence[str | Path],
@@ -68,19 +116,27 @@ def run_points(
     mask_kind: str = "binary",
     ignore_label: int | None = None,
 ) -> dict[str, Any]:
-    """Click protocol (``segany.evaluate.clicks``) on each dataset, with GrabCut-from-box alongside."""
+    """Click protocol (``segany.evaluate.clicks``) on each dataset, with GrabCut-from-box alongside.
+
+    Results are named by `dataset_names` (unique even for folders of the same name); ``limit`` takes that many
+    images evenly spaced over each dataset's sorted list (`spread_indices`)."""
     per_dataset: dict[str, Any] = {}
-    for path in datasets:
-        name = Path(path).name
+    names = dataset_names(datasets)
+    noc = {
+        t: (click_protocol.noc_key(t, max_clicks), click_protocol.noc_label(t, max_clicks))
+        for t in click_protocol.NOC_THRESHOLDS
+    }
+    for path, name, slug in zip(datasets, names, _file_slugs(names), strict=True):
         ds = open_point_dataset(path, mask_kind, ignore_label)
-        n = len(ds) if limit is None else min(limit, len(ds))
+        indices = spread_indices(len(ds), limit)
+        n = len(indices)
         results: list[click_protocol.InstanceResult] = []
         grabcut_ious: list[float] = []
         cases: list[dict[str, Any]] = []
         skipped = 0
         t0 = time.perf_counter()
         model_s = grabcut_s = 0.0
-        for i in _progress(range(n), n, f"points {name}", progress):
+        for i in _progress(indices, n, f"points {name}", progress):
             sample = ds[i]
             if len(sample.masks) == 0:
                 continue
@@ -116,7 +172,10 @@ def run_points(
         if not results:
             raise ValueError(f"{path}: no objects to evaluate")
         summary = click_protocol.summarize(results, max_clicks)
+        for t, (key, _) in noc.items():  # a NoC capped below (or past) the standard 20 clicks says so
+            summary[key] = summary.pop(f"noc_{round(t * 100)}")
         summary.update(
+            path=str(path),
             num_images=n,
             skipped_empty_masks=skipped,
             seconds_total=time.perf_counter() - t0,
@@ -135,8 +194,9 @@ def run_points(
             }
             for n, c in enumerate(cases)
         ]
+        summary["examples_plot"] = f"points_{slug}_examples.png"
         per_dataset[name] = summary
-        _click_overlays(ds, cases, out / f"points_{name}_examples.png", name)
+        _click_overlays(ds, cases, out / summary["examples_plot"], name)
 
     payload = {"meta": meta, "protocol": _click_protocol_settings(max_clicks), "datasets": per_dataset}
     report.write_json(out / "points.json", payload)
@@ -146,10 +206,11 @@ def run_points(
         rows.append(
             [name, s["num_instances"], s["miou_1_auto"], s["miou_1_oracle"]]
             + [at[k - 1] if k <= len(at) else float("nan") for k in (2, 3, 5, 9, 20)]
-            + [s["noc_85"], s["noc_90"], s.get("grabcut_miou", float("nan")), s["seconds_per_instance_model"]]
+            + [s[key] for key, _ in noc.values()]
+            + [s.get("grabcut_miou", float("nan")), s["seconds_per_instance_model"]]
         )
     headers = ["dataset", "objects", "mIoU@1 auto", "mIoU@1 oracle", "@2", "@3", "@5", "@9", "@20"]
-    headers += ["NoC@85", "NoC@90", "GrabCut (box)", "s/object"]
+    headers += [label for _, label in noc.values()] + ["GrabCut (box)", "s/object"]
     md = "# Point-to-mask evaluation\n\n" + _meta_lines(meta) + report.markdown_table(headers, rows)
     md += (
         "\nPlots: `points_miou_curve.png`, `points_<dataset>_examples.png` (worst and best 1-click cases).\n"
@@ -167,9 +228,12 @@ def _click_protocol_settings(max_clicks: int) -> dict[str, Any]:
     return {
         "max_clicks": max_clicks,
         "noc_thresholds": list(click_protocol.NOC_THRESHOLDS),
-        "first_click": "argmax of exact EDT of the GT (1-px background padding), multimask, auto = max predicted IoU",
-        "next_clicks": "argmax EDT of the larger (pixel count) error region, FN on ties; single-mask output; "
-        "previous low-res logits as mask_input",
+        "clicks": "RITM's clicker: exact EDT (1-px background padding) of the false negatives and of the false "
+        "positives outside the ignore band, 0 on pixels clicked already; positive iff the FN maximum is larger "
+        "(ties negative); the first pixel in row-major order at that maximum; no click once nothing is wrong",
+        "first_click": "the clicker's click on an empty mask (interior-most GT pixel), multimask, "
+        "auto = max predicted IoU",
+        "next_clicks": "single-mask output; previous low-res logits as mask_input",
         "ignore_band": "excluded from IoU and error regions",
         "grabcut": "cv2.grabCut, 5 iterations, GC_INIT_WITH_RECT, tight inclusive GT box",
     }
@@ -203,8 +267,9 @@ def _click_overlays(ds: Any, cases: list[dict[str, Any]], path: Path, name: str)
                 "label": f"{c['source']}  IoU@1 {c['iou']:.2f}",
             }
         )
+    rows = "worst (top row) and best (bottom row)" if len(shown) > report.OVERLAY_COLUMNS else "worst to best"
     report.plot_overlays(
-        shown, path, f"{name}: worst and best single-click masks (blue), GT outline (yellow)"
+        shown, path, f"{name}: {rows} single-click masks (blue, outlined), GT outline (yellow)"
     )
 
 
@@ -453,7 +518,7 @@ def run_instances(
 
 
 def _meta_lines(meta: dict[str, Any]) -> str:
-    ckpt = meta.get("checkpoint") or "built-in weights"
+    ckpt = meta.get("weights") or report.weights_description(meta.get("model"), meta.get("checkpoint"))
     return (
         f"Model `{meta.get('model')}` ({ckpt}), data {', '.join(f'`{d}`' for d in meta.get('data', []))}, "
         f"segany {meta.get('segany_version')}, {meta.get('created_utc')}.\n\n"
