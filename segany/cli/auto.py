@@ -26,8 +26,18 @@ from segany.cli.model_args import add_model_args
 _GENERATOR_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--points-per-side", "points_per_side", int, "grid points per image side (32)"),
     ("--points-per-batch", "points_per_batch", int, "points decoded at once; lower it to save memory (64)"),
-    ("--pred-iou-thresh", "pred_iou_thresh", float, "keep masks with predicted IoU above this (default: the model's own, else 0.88)"),
-    ("--stability-score-thresh", "stability_score_thresh", float, "keep masks this stable (default: the model's own, else 0.95)"),
+    (
+        "--pred-iou-thresh",
+        "pred_iou_thresh",
+        float,
+        "keep masks with predicted IoU above this (default: the model's own, else 0.88)",
+    ),
+    (
+        "--stability-score-thresh",
+        "stability_score_thresh",
+        float,
+        "keep masks this stable (default: the model's own, else 0.95)",
+    ),
     ("--stability-score-offset", "stability_score_offset", float, "logit offset for stability (1.0)"),
     ("--box-nms-thresh", "box_nms_thresh", float, "box IoU for NMS within a crop (0.7)"),
     ("--crop-n-layers", "crop_n_layers", int, "layers of zoomed crops (0)"),
