@@ -107,3 +107,63 @@ def test_validation_samples_are_exactly_the_split() -> None:
 
     stems = json.loads((DATA / "msrc_v2" / "regions.json").read_text())
     assert len(got) == sum(is_validation(f"msrc_v2/{s}", 0.08) for s in stems)
+
+
+def test_cli_validation_writes_reports_and_the_chosen_filters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import torch
+    from PIL import Image
+
+    from segany.build import TINY, sam_model_registry
+    from segany.checkpoint import read_generator_defaults, save_safetensors
+    from segany.cli import main
+
+    root = tmp_path / "data" / "msrc_v2"
+    (root / "images").mkdir(parents=True)
+    (root / "regions").mkdir()
+    rng = np.random.default_rng(0)
+    index = {}
+    for i in range(12):
+        ids = np.ones((48, 64), np.uint8)
+        ids[10:30, 12:40] = 2
+        img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / "images" / f"s{i}.jpg")
+        Image.fromarray(ids).save(root / "regions" / f"s{i}.png")
+        index[f"s{i}"] = {"1": "grass", "2": "cow"}
+    (root / "regions.json").write_text(json.dumps(index))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_safetensors(ckpt, sam_model_registry["tiny"]().state_dict(), TINY)
+    args = ["eval", "validation", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--model"]
+    args += [
+        "tiny",
+        "--checkpoint",
+        str(ckpt),
+        "--fraction",
+        "0.5",
+        "--auto-images",
+        "2",
+        "--points-per-side",
+        "3",
+    ]
+    assert main([*args, "--no-progress", "--write-generator-defaults"]) == 0
+    doc = json.loads((tmp_path / "out" / "validation.json").read_text())
+    s = doc["summary"]
+    from segany.data import is_validation
+
+    held = sum(is_validation(f"msrc_v2/s{i}", 0.5) for i in range(12))
+        is_val
+        for is_val in (
+            __import__("segany.data.split").data.split.is_validation(f"msrc_v2/s{i}", 0.5) for i in range(12)
+        )
+    )
+    assert s["images"] == {"msrc_v2": held} and held > 0
+    assert len(s["miou"]) == 5 and s["calibration"]["masks"] == 3 * s["objects"]
+    assert s["automatic"]["images"] == 2 and "ar_1000" in s["automatic"]["proposals"]
+    chosen = s["automatic"]["chosen"]
+    assert read_generator_defaults(ckpt) == {
+        "pred_iou_thresh": chosen["pred_iou_thresh"],
+        "stability_score_thresh": chosen["stability_score_thresh"],
+    }
+    assert "Automatic generator on 2 images" in (tmp_path / "out" / "validation.md").read_text()

@@ -4,6 +4,8 @@
     segany eval edges     --data BSDS500_DIR    BSDS500 boundary benchmark (test split), with Canny
     segany eval proposals --data COCO_DIR       mask AR@10/100/1000 of automatic proposals
     segany eval instances --data COCO_DIR       mask AP of box-prompted masks (--detections or GT boxes)
+    segany eval validation --data DATA_ROOT    the held-out split of the training folders: clicks, IoU-head
+                                               calibration, whole/part, background click, generator filters
 
 Every command writes ``<command>.md`` (table), ``<command>.json`` (all numbers, model, data, settings, segany
 version) and PNG plots into ``--out``. ``--limit N`` evaluates only N images of each dataset: for points, N
@@ -19,7 +21,7 @@ from typing import Any
 
 from segany.cli.model_args import add_model_args, add_refine_arg
 
-KINDS = ("points", "edges", "proposals", "instances")
+KINDS = ("points", "edges", "proposals", "instances", "validation")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -68,6 +70,21 @@ def add_parser(subparsers: Any) -> None:
         help="edges/proposals: grid side (default: the paper's, 16 for edges, 64 for proposals)",
     )
     p.add_argument("--points-per-batch", type=int, default=64, help="proposals: generator batch size (64)")
+    p.add_argument(
+        "--folders",
+        nargs="+",
+        default=None,
+        help="validation: training folders under DATA_ROOT (default: every training folder present)",
+    )
+    p.add_argument(
+        "--fraction", type=float, default=None, help="validation: held-out share of each folder (0.08)"
+    )
+    p.add_argument("--auto-images", type=int, default=30, help="validation: images for the generator (30)")
+    p.add_argument(
+        "--write-generator-defaults",
+        action="store_true",
+        help="validation: store the chosen generator filters in --checkpoint (a segany .safetensors)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -126,6 +143,41 @@ def run(args: argparse.Namespace) -> int:
             progress,
             args.points_per_side or edge_bench.EDGE_POINTS_PER_SIDE,
         )
+    elif args.kind == "validation":
+        from segany.data.split import VALIDATION_FRACTION
+        from segany.evaluate import validation
+
+        if args.write_generator_defaults and not (
+            args.checkpoint and args.checkpoint.endswith(".safetensors")
+        ):
+            print(
+                "segany eval validation: --write-generator-defaults needs --checkpoint FILE.safetensors",
+                file=sys.stderr,
+            )
+            return 2
+        folders = args.folders or [
+            f for f in validation.TRAINING_FOLDERS if (Path(args.data[0]) / f).is_dir()
+        ]
+        rep = validation.run_validation(
+            model,
+            args.data[0],
+            folders,
+            args.fraction if args.fraction is not None else VALIDATION_FRACTION,
+            max_clicks=min(args.max_clicks, 5) if args.max_clicks == 20 else args.max_clicks,
+            limit=args.limit,
+            auto_images=args.auto_images,
+            points_per_side=args.points_per_side or 32,
+            progress=(lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None,
+        )
+        payload = validation.write_report(rep, out, meta)
+        if args.write_generator_defaults:
+            from segany.checkpoint import write_generator_defaults
+
+            chosen = payload["summary"]["automatic"]["chosen"]
+            write_generator_defaults(
+                args.checkpoint,
+                {k: chosen[k] for k in ("pred_iou_thresh", "stability_score_thresh")},
+            )
     elif args.kind == "proposals":
         payload = runs.run_proposals(
             model,

@@ -36,6 +36,7 @@ from segany.evaluate.clicks import interior_point, mask_iou, run_clicks
 # folders whose annotations cover every object/region of an image: unmatched generator masks there are (mostly)
 # real false positives, so precision means something
 COMPLETE_FOLDERS = ("coco_subsets", "msrc_v2", "bsds500")
+TRAINING_FOLDERS = ("coco_subsets", "bsds500", "dsb2018_nuclei", "duts_tr", "msrc_v2", "ccp_parts")
 IOU_GRID = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9)
 STABILITY_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 MATCH_IOU = 0.5
@@ -406,3 +407,61 @@ def run_validation(
             "table": [{k: round(v, 4) for k, v in r.items()} for r in table],
         }
     return report
+
+
+def write_report(report: ValidationReport, out: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """``validation.json`` (every number, the full threshold table, ``meta``) and ``validation.md`` (the summary
+    as tables) in ``out``; returns the JSON payload."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = report.summary()
+    payload = {"meta": meta, "summary": summary}
+    (out / "validation.json").write_text(json.dumps(payload, indent=1) + "\n")
+    lines = [f"# Validation split ({', '.join(f'{k} {v}' for k, v in summary['images'].items())} images)", ""]
+    if "miou" in summary:
+        k = len(summary["miou"])
+        lines += [
+            f"Click protocol, {summary['objects']} objects (network alone): "
+            + ", ".join(f"mIoU@{i + 1} {v:.3f}" for i, v in enumerate(summary["miou"][:k]))
+            + f"; largest fall from one click to the next {summary['max_drop']:.3f}",
+            "",
+        ]
+    if "calibration" in summary:
+        c = summary["calibration"]
+        lines += [
+            "| IoU head (first click, 3 masks each) | value |",
+            "|---|---|",
+            *[f"| {key} | {val} |" for key, val in c.items()],
+            "",
+        ]
+    if "whole_part" in summary:
+        lines += ["| whole/part (CCP clicks on parts) | value |", "|---|---|"]
+        lines += [f"| {key} | {val} |" for key, val in summary["whole_part"].items()] + [""]
+    if "background_click" in summary:
+        lines += ["| background click near the object | value |", "|---|---|"]
+        lines += [f"| {key} | {val} |" for key, val in summary["background_click"].items()] + [""]
+    if "automatic" in summary:
+        a = summary["automatic"]
+        lines += [
+            f"Automatic generator on {a['images']} images ({a['points_per_side']}x{a['points_per_side']} grid):",
+            "",
+            "| filters | pred_iou_thresh | stability_score_thresh | masks/image | precision@0.5 | recall@0.5 | F1 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in ("chosen", "official_defaults"):
+            r = a[name]
+            lines.append(
+                f"| {name} | {r['pred_iou_thresh']} | {r['stability_score_thresh']} | {r['masks_per_image']:.1f} "
+                f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |"
+            )
+        pr = a["proposals"]
+        lines += [
+            "",
+            "Proposals (every candidate, ranked as the paper): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in pr.items()),
+            "",
+        ]
+    (out / "validation.md").write_text("\n".join(lines))
+    return payload
