@@ -153,11 +153,6 @@ def test_cli_validation_writes_reports_and_the_chosen_filters(tmp_path) -> None:
     from segany.data import is_validation
 
     held = sum(is_validation(f"msrc_v2/s{i}", 0.5) for i in range(12))
-        is_val
-        for is_val in (
-            __import__("segany.data.split").data.split.is_validation(f"msrc_v2/s{i}", 0.5) for i in range(12)
-        )
-    )
     assert s["images"] == {"msrc_v2": held} and held > 0
     assert len(s["miou"]) == 5 and s["calibration"]["masks"] == 3 * s["objects"]
     assert s["automatic"]["images"] == 2 and "ar_1000" in s["automatic"]["proposals"]
