@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +39,8 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """`num_layers` linear layers with ReLU between them (hypernetworks and the IoU head)."""
+    """`num_layers` linear layers with an activation between them (ReLU: hypernetworks and the IoU head; SAM 2
+    also uses it for its transformer and Hiera MLPs, whose checkpoint keys are ``layers.0/1``)."""
 
     def __init__(
         self,
@@ -46,19 +49,21 @@ class MLP(nn.Module):
         output_dim: int,
         num_layers: int,
         sigmoid_output: bool = False,
+        activation: Callable[[torch.Tensor], torch.Tensor] = F.relu,
     ) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
         outs = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs, strict=True))
         self.sigmoid_output = sigmoid_output
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < last:
-                x = F.relu(x)
+                x = self.activation(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 

@@ -58,6 +58,7 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        boxes_as_points: bool = False,
     ) -> None:
         """
         Arguments:
@@ -65,8 +66,12 @@ class PromptEncoder(nn.Module):
           image_embedding_size: (H, W) of the image embedding grid.
           input_image_size: (H, W) of the padded model input; point coordinates live in this frame.
           mask_in_chans: hidden channels of the mask-downscaling convs.
+          boxes_as_points: SAM 2's convention: a box becomes two points labelled 2 and 3 placed before the
+            clicks, and the "not a point" padding token is appended to every point prompt (SAM: box corners
+            after the clicks, padding only without a box).
         """
         super().__init__()
+        self.boxes_as_points = boxes_as_points
         self.embed_dim = embed_dim
         self.input_image_size = input_image_size
         self.image_embedding_size = image_embedding_size
@@ -105,8 +110,8 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         emb[labels == -1] = 0.0
         emb[labels == -1] += self.not_a_point_embed.weight
-        emb[labels == 0] += self._point_weight(0)
-        emb[labels == 1] += self._point_weight(1)
+        for kind in range(self.num_point_embeddings):  # 2, 3: box corners given as points (SAM 2)
+            emb[labels == kind] += self._point_weight(kind)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
@@ -138,12 +143,26 @@ class PromptEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
-          points: (coords B×N×2 (x, y) in the input frame, labels B×N with 1 fg / 0 bg / -1 padding).
+          points: (coords B×N×2 (x, y) in the input frame, labels B×N with 1 fg / 0 bg / -1 padding, and
+            2 / 3 box top-left / bottom-right corners given as points).
           boxes: B×4 XYXY in the input frame.
           masks: B×1×(4h)×(4w) mask logits.
         Returns:
           sparse B×N'×C (points, then box corners) and dense B×C×h×w embeddings.
         """
+        if self.boxes_as_points and boxes is not None:
+            corners = boxes.reshape(-1, 2, 2)
+            corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).expand(
+                len(corners), -1
+            )
+            if points is None:
+                points = (corners, corner_labels)
+            else:
+                points = (
+                    torch.cat([corners, points[0]], dim=1),
+                    torch.cat([corner_labels, points[1]], dim=1),
+                )
+            boxes = None
         bs = self._get_batch_size(points, boxes, masks)
         device = self._point_weight(0).device
         sparse = torch.empty((bs, 0, self.embed_dim), device=device)

@@ -1,13 +1,21 @@
-"""Two-way transformer of the mask decoder: prompt tokens and image tokens attend to each other."""
+"""Two-way transformer of the mask decoder: prompt tokens and image tokens attend to each other.
+
+SAM 2's decoder runs the same transformer with two differences, both options here: its token MLPs are stored as
+``mlp.layers.0/1`` (``token_mlp="layers"``; SAM's are ``mlp.lin1/lin2``, the same math), and its attention is
+computed by ``scaled_dot_product_attention`` (``sdpa=True``), whose rounding differs from SAM's explicit softmax
+by ~1e-7: each model is computed with its own reference's arithmetic.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from segany.modeling.common import MLPBlock
+from segany.modeling.common import MLP, MLPBlock
 
 
 class TwoWayTransformer(nn.Module):
@@ -19,7 +27,16 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: int,
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
+        token_mlp: Literal["lin", "layers"] = "lin",
+        sdpa: bool = False,
     ) -> None:
+        """
+        Arguments:
+          token_mlp: checkpoint layout of the token MLPs: "lin" (SAM: ``lin1/lin2``) or "layers" (SAM 2:
+            ``layers.0/1``, ReLU only).
+          sdpa: attention through ``scaled_dot_product_attention`` (SAM 2's arithmetic) instead of SAM's
+            explicit softmax.
+        """
         super().__init__()
         self.depth = depth
         self.embedding_dim = embedding_dim
@@ -33,11 +50,13 @@ class TwoWayTransformer(nn.Module):
                 activation=activation,
                 attention_downsample_rate=attention_downsample_rate,
                 skip_first_layer_pe=(i == 0),
+                token_mlp=token_mlp,
+                sdpa=sdpa,
             )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(
-            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate, sdpa=sdpa
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
@@ -72,20 +91,27 @@ class TwoWayAttentionBlock(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
+        token_mlp: Literal["lin", "layers"] = "lin",
+        sdpa: bool = False,
     ) -> None:
         super().__init__()
-        self.self_attn = Attention(embedding_dim, num_heads)
+        rate = attention_downsample_rate
+        self.self_attn = Attention(embedding_dim, num_heads, sdpa=sdpa)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(
-            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
-        )
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=rate, sdpa=sdpa)
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        self.mlp: nn.Module
+        if token_mlp == "lin":
+            self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        elif token_mlp == "layers" and activation is nn.ReLU:
+            self.mlp = MLP(embedding_dim, mlp_dim, embedding_dim, num_layers=2)
+        else:
+            raise ValueError(
+                f"token_mlp must be 'lin', or 'layers' with ReLU, got {token_mlp!r} with {activation}"
+            )
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(
-            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
-        )
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate=rate, sdpa=sdpa)
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
@@ -113,8 +139,11 @@ class TwoWayAttentionBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention whose internal width may be downscaled (`downsample_rate`) to save compute."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+    def __init__(
+        self, embedding_dim: int, num_heads: int, downsample_rate: int = 1, sdpa: bool = False
+    ) -> None:
         super().__init__()
+        self.sdpa = sdpa
         self.embedding_dim = embedding_dim
         self.internal_dim = embedding_dim // downsample_rate
         self.num_heads = num_heads
@@ -133,8 +162,11 @@ class Attention(nn.Module):
         q = self._split(self.q_proj(q))
         k = self._split(self.k_proj(k))
         v = self._split(self.v_proj(v))
-        # explicit softmax(q kᵀ / √c) v: the same operations as the reference, so results are bit-identical
-        attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        out = torch.softmax(attn, dim=-1) @ v
+        if self.sdpa:  # SAM 2's arithmetic
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # explicit softmax(q kᵀ / √c) v: the same operations as SAM's reference, so results are bit-identical
+            attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            out = torch.softmax(attn, dim=-1) @ v
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
