@@ -141,6 +141,7 @@ class SamAutomaticMaskGenerator:
         *,
         max_mask_area_fraction: float | None = None,
         fast: bool = False,
+        hq_token_only: bool = False,
     ) -> None:
         """Generate masks for a whole image from a grid of point prompts (defaults chosen for ViT-H).
 
@@ -165,6 +166,8 @@ class SamAutomaticMaskGenerator:
         segany extras (keyword-only):
           max_mask_area_fraction: drop masks covering at least this fraction of the image (SA-1B: 0.95).
           fast: screen stability at low resolution first (faster; may lose a few borderline masks).
+          hq_token_only: HQ-SAM models: use the HQ token's mask alone (official default False: SAM's best mask
+            plus the HQ token's). An HQ model gives one mask per point, as the official HQ-SAM generator.
         """
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("Exactly one of points_per_side or point_grids must be provided.")
@@ -174,6 +177,8 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        if hq_token_only and not model.is_hq:
+            raise ValueError("hq_token_only needs an HQ-SAM model (hq_vit_*)")
         if max_mask_area_fraction is not None and not 0 < max_mask_area_fraction <= 1:
             raise ValueError(f"max_mask_area_fraction must be in (0, 1], got {max_mask_area_fraction}")
         if points_per_side is not None:
@@ -216,6 +221,7 @@ class SamAutomaticMaskGenerator:
         self.output_mode: OutputMode = output_mode
         self.max_mask_area_fraction = max_mask_area_fraction
         self.fast = fast
+        self.hq_token_only = hq_token_only
         # seconds spent per stage in the last `generate` call (encoder, decoder, filter+nms, rle)
         self.timings: dict[str, float] = {}
         # what the last `generate` call's filters did (`explain_empty` turns it into a sentence)
@@ -326,7 +332,9 @@ class SamAutomaticMaskGenerator:
         coords = coords.to(device)
 
         with _Timer(self.timings, "decoder"):
-            decoder = _GridDecoder(model, features, input_size)
+            decoder = _GridDecoder(
+                model, features, input_size, self.predictor.interm_features, self.hq_token_only
+            )
         mask_thr = float(model.mask_threshold)
         boxes_l, iou_l, stab_l, pidx_l, packed_l = [], [], [], [], []
         for start in range(0, len(points), self.points_per_batch):
@@ -334,7 +342,7 @@ class SamAutomaticMaskGenerator:
                 queries, keys = decoder.transformer_tokens(coords[start : start + self.points_per_batch])
                 iou = decoder.iou(queries)  # B x 3
                 n_pts = iou.shape[0]
-                pidx = torch.arange(start, start + n_pts, device=device)[:, None].expand(-1, 3)
+                pidx = torch.arange(start, start + n_pts, device=device)[:, None].expand(-1, iou.shape[1])
                 # The IoU filter needs no mask: upscale only prompts with at least one mask above it.
                 keep = (
                     iou > self.pred_iou_thresh
@@ -544,9 +552,21 @@ class _GridDecoder:
     * the final token->image attention runs for the IoU and mask tokens only (not the prompt tokens);
     * output upscaling is computed only for embedding rows/columns whose pixels survive the padding crop, as
       channels-last convolutions with one fused LayerNorm.
+
+    HQ-SAM decoders (``interm`` given): the HQ token rides along; each prompt gives one mask, SAM's best-scored
+    multimask output plus the HQ token's (or the HQ token's alone with ``hq_token_only``), scored by the best
+    IoU prediction, as ``MaskDecoder(..., multimask_output=True)``. Its features are computed once per crop; one
+    more embedding row/column is kept, so that the 3x3 convolutions of the HQ path see no crop edge.
     """
 
-    def __init__(self, model: Sam, features: torch.Tensor, input_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        model: Sam,
+        features: torch.Tensor,
+        input_size: tuple[int, int],
+        interm: torch.Tensor | None = None,
+        hq_token_only: bool = False,
+    ) -> None:
         dec = model.mask_decoder
         self.model = model
         self.dec = dec
@@ -577,6 +597,13 @@ class _GridDecoder:
         self.low_cols = min(4 * w, math.ceil(input_size[1] / scale) + 1)
         self.emb_rows = math.ceil(self.low_rows / 4)
         self.emb_cols = math.ceil(self.low_cols / 4)
+        self.hq_token_only = hq_token_only
+        self.hq_features: torch.Tensor | None = None  # 1 x C/8 x 4h x 4w
+        if dec.hq:
+            if interm is None:
+                raise ValueError("an HQ-SAM decoder needs the encoder's early features")
+            self.hq_features = dec.hq_features(features, interm)
+            self.emb_rows, self.emb_cols = min(h, self.emb_rows + 1), min(w, self.emb_cols + 1)
         self.valid_low = (
             max(1, round(input_size[0] / scale)),
             max(1, round(input_size[1] / scale)),
@@ -592,8 +619,9 @@ class _GridDecoder:
         return self.masks(queries, keys), self.iou(queries)
 
     def iou(self, queries: torch.Tensor) -> torch.Tensor:
-        """B x 3 predicted IoUs of the multimask outputs, from the transformer's output tokens."""
-        return self.dec.iou_prediction_head(queries[:, 0, :])[:, 1:]
+        """B x 3 predicted IoUs of the multimask outputs (HQ: B x 1, the best), from the output tokens."""
+        iou = self.dec.iou_prediction_head(queries[:, 0, :])[:, 1:]
+        return iou.max(dim=1, keepdim=True).values if self.hq_features is not None else iou
 
     def transformer_tokens(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-way transformer for B point prompts: (IoU + mask tokens B x 5 x C, image tokens B x N x C)."""
@@ -601,7 +629,8 @@ class _GridDecoder:
         b = coords.shape[0]
         labels = torch.ones(b, 1, dtype=torch.int, device=coords.device)
         sparse, _ = self.model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
-        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        hq_token = [dec.hf_token.weight] if self.hq_features is not None else []
+        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight, *hq_token], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # B x T x C
         query_pe = tokens
 
@@ -649,7 +678,7 @@ class _GridDecoder:
 
         # Only the IoU and mask tokens are read after the final attention, and each query attends on its own,
         # so the prompt tokens are dropped before it.
-        n_out = 1 + dec.num_mask_tokens
+        n_out = 1 + dec.num_mask_tokens + (self.hq_features is not None)
         queries, query_pe = queries[:, :n_out], query_pe[:, :n_out]
         kp = keys + self.key_pe
         queries = t.norm_final_attn(
@@ -659,7 +688,8 @@ class _GridDecoder:
         return queries, keys
 
     def masks(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """B x 3 x s x s multimask low-res logits; pixels that only cover the resize padding are left at 0."""
+        """B x 3 x s x s multimask low-res logits (HQ: B x 1 x s x s); pixels that only cover the resize
+        padding are left at 0."""
         dec = self.dec
         b = queries.shape[0]
         h, w = self.hw
@@ -679,11 +709,30 @@ class _GridDecoder:
             dim=1,
         )  # B x 3 x C/8
         _, c8, uh, uw = x.shape
-        part = (x.permute(0, 2, 3, 1).reshape(b, uh * uw, c8) @ hyper.transpose(1, 2)).transpose(1, 2)
+        if self.hq_features is not None:
+            part = self._hq_masks(queries, x, hyper)
+            n_multi = 1
+        else:
+            part = (x.permute(0, 2, 3, 1).reshape(b, uh * uw, c8) @ hyper.transpose(1, 2)).transpose(1, 2)
         part = part.reshape(b, n_multi, uh, uw)
         low = part.new_zeros(b, n_multi, 4 * h, 4 * w)
         low[:, :, :uh, :uw] = part
         return low
+
+    def _hq_masks(self, queries: torch.Tensor, x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """B x 1 x (uh*uw) HQ-SAM logits from the upscaled features x (B x C/8 x uh x uw) and the multimask
+        hypernetwork outputs (B x 3 x C/8)."""
+        dec = self.dec
+        assert self.hq_features is not None
+        b, c8, uh, uw = x.shape
+        x_hq = dec.embedding_maskfeature(x) + self.hq_features[:, :, :uh, :uw]
+        hyper_hq = dec.hf_mlp(queries[:, 1 + dec.num_mask_tokens, :])[:, :, None]  # B x C/8 x 1
+        out = (x_hq.permute(0, 2, 3, 1).reshape(b, uh * uw, c8) @ hyper_hq).transpose(1, 2)
+        if self.hq_token_only:
+            return out
+        _, best = torch.max(dec.iou_prediction_head(queries[:, 0, :])[:, 1:], dim=1)
+        sam = x.permute(0, 2, 3, 1).reshape(b, uh * uw, c8) @ hyper[torch.arange(b), best][:, :, None]
+        return sam.transpose(1, 2) + out
 
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from segany.modeling import (
     MaskDecoder,
     PromptEncoder,
     Sam,
+    TinyViT,
     TwoWayTransformer,
 )
 
@@ -48,17 +49,33 @@ class SamConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     drop_path_rate: float = field(default=0.0, compare=False)
-    # "vit" (SAM's encoder, the fields above) or "conv" (`ConvImageEncoder`: the fields below, patch_size 16)
+    # "vit" (SAM's encoder, the fields above), "conv" (`ConvImageEncoder`: dims, depths, detail_chans below) or
+    # "tiny_vit" (`TinyViT`, MobileSAM's: four stages of dims, depths, stage_heads, window_sizes below); the
+    # last two have stride 16 (patch_size 16)
     encoder_type: str = "vit"
     encoder_dims: tuple[int, ...] = (48, 96, 192)
     encoder_depths: tuple[int, ...] = (2, 2, 4)
     encoder_detail_chans: int = 8
+    encoder_stage_heads: tuple[int, ...] = (2, 4, 5, 10)
+    encoder_window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    # HQ-SAM: the mask decoder's extra output token fed by the encoder's early features (vit and tiny_vit)
+    hq_token: bool = False
 
     def __post_init__(self) -> None:
-        if self.encoder_type not in ("vit", "conv"):
-            raise ValueError(f"encoder_type must be 'vit' or 'conv', got {self.encoder_type!r}")
-        if self.encoder_type == "conv" and self.patch_size != 16:
-            raise ValueError("the convolutional encoder has stride 16: patch_size must be 16")
+        if self.encoder_type not in ("vit", "conv", "tiny_vit"):
+            raise ValueError(f"encoder_type must be 'vit', 'conv' or 'tiny_vit', got {self.encoder_type!r}")
+        if self.encoder_type != "vit" and self.patch_size != 16:
+            raise ValueError(f"the {self.encoder_type} encoder has stride 16: patch_size must be 16")
+        if self.encoder_type == "tiny_vit" and not (
+            len(self.encoder_dims)
+            == len(self.encoder_depths)
+            == len(self.encoder_stage_heads)
+            == len(self.encoder_window_sizes)
+            == 4
+        ):
+            raise ValueError("tiny_vit needs four encoder_dims, depths, stage_heads and window_sizes")
+        if self.hq_token and self.encoder_type == "conv":
+            raise ValueError("hq_token needs a vit or tiny_vit encoder (early features)")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
@@ -123,9 +140,33 @@ TINY = SamConfig(
 TINY_CONV = replace(
     TINY, encoder_type="conv", encoder_dims=(8, 16, 32), encoder_depths=(1, 1, 1), encoder_detail_chans=2
 )
+# MobileSAM: TinyViT-5M encoder, SAM's prompt encoder and mask decoder.
+VIT_T = SamConfig(
+    encoder_type="tiny_vit",
+    encoder_dims=(64, 128, 160, 320),
+    encoder_depths=(2, 2, 6, 2),
+    encoder_stage_heads=(2, 4, 5, 10),
+    encoder_window_sizes=(7, 7, 14, 7),
+)
+# HQ-SAM (ViT-B/L/H) and Light HQ-SAM (TinyViT): SAM plus the HQ output token.
+HQ_VIT_B = replace(VIT_B, hq_token=True)
+HQ_VIT_L = replace(VIT_L, hq_token=True)
+HQ_VIT_H = replace(VIT_H, hq_token=True)
+HQ_VIT_TINY = replace(VIT_T, hq_token=True)
 
 
-def build_image_encoder(c: SamConfig) -> ImageEncoderViT | ConvImageEncoder:
+def build_image_encoder(c: SamConfig) -> ImageEncoderViT | ConvImageEncoder | TinyViT:
+    if c.encoder_type == "tiny_vit":
+        return TinyViT(
+            img_size=c.image_size,
+            embed_dims=c.encoder_dims,
+            depths=c.encoder_depths,
+            num_heads=c.encoder_stage_heads,
+            window_sizes=c.encoder_window_sizes,
+            mlp_ratio=c.encoder_mlp_ratio,
+            out_chans=c.prompt_embed_dim,
+            drop_path_rate=c.drop_path_rate,
+        )
     if c.encoder_type == "conv":
         return ConvImageEncoder(
             img_size=c.image_size,
@@ -157,8 +198,13 @@ def build_sam(config: SamConfig, checkpoint: str | Path | None = None) -> Sam:
     """Build a SAM model from a config; load weights strictly if a checkpoint is given."""
     c = config
     grid = c.embedding_size
+    encoder = build_image_encoder(c)
+    hq_vit_dim = None
+    if c.hq_token:
+        assert not isinstance(encoder, ConvImageEncoder)  # refused by SamConfig
+        hq_vit_dim = encoder.interm_dim
     model = Sam(
-        image_encoder=build_image_encoder(c),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=c.prompt_embed_dim,
             image_embedding_size=(grid, grid),
@@ -176,6 +222,7 @@ def build_sam(config: SamConfig, checkpoint: str | Path | None = None) -> Sam:
             transformer_dim=c.prompt_embed_dim,
             iou_head_depth=3,
             iou_head_hidden_dim=c.iou_head_hidden_dim,
+            hq_vit_dim=hq_vit_dim,
         ),
         pixel_mean=c.pixel_mean,
         pixel_std=c.pixel_std,
@@ -202,6 +249,31 @@ def build_sam_vit_h(checkpoint: str | Path | None = None) -> Sam:
 
 def build_sam_tiny(checkpoint: str | Path | None = None) -> Sam:
     return build_sam(TINY, checkpoint)
+
+
+def build_sam_vit_t(checkpoint: str | Path | None = None) -> Sam:
+    """MobileSAM (official file ``mobile_sam.pt``; its unused TinyViT classifier keys are dropped)."""
+    return build_sam(VIT_T, checkpoint)
+
+
+def build_sam_hq_vit_b(checkpoint: str | Path | None = None) -> Sam:
+    """HQ-SAM ViT-B (``sam_hq_vit_b.pth``)."""
+    return build_sam(HQ_VIT_B, checkpoint)
+
+
+def build_sam_hq_vit_l(checkpoint: str | Path | None = None) -> Sam:
+    """HQ-SAM ViT-L (``sam_hq_vit_l.pth``)."""
+    return build_sam(HQ_VIT_L, checkpoint)
+
+
+def build_sam_hq_vit_h(checkpoint: str | Path | None = None) -> Sam:
+    """HQ-SAM ViT-H (``sam_hq_vit_h.pth``)."""
+    return build_sam(HQ_VIT_H, checkpoint)
+
+
+def build_sam_hq_vit_tiny(checkpoint: str | Path | None = None) -> Sam:
+    """Light HQ-SAM: TinyViT encoder and HQ decoder (``sam_hq_vit_tiny.pth``)."""
+    return build_sam(HQ_VIT_TINY, checkpoint)
 
 
 def build_sam_from_checkpoint(checkpoint: str | Path) -> Sam:
@@ -238,9 +310,36 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_l": build_sam_vit_l,
     "vit_h": build_sam_vit_h,
     "tiny": build_sam_tiny,
+    "vit_t": build_sam_vit_t,
+    "hq_vit_b": build_sam_hq_vit_b,
+    "hq_vit_l": build_sam_hq_vit_l,
+    "hq_vit_h": build_sam_hq_vit_h,
+    "hq_vit_tiny": build_sam_hq_vit_tiny,
 }
 
-CONFIGS: dict[str, SamConfig] = {"vit_b": VIT_B, "vit_l": VIT_L, "vit_h": VIT_H, "tiny": TINY}
+CONFIGS: dict[str, SamConfig] = {
+    "vit_b": VIT_B,
+    "vit_l": VIT_L,
+    "vit_h": VIT_H,
+    "tiny": TINY,
+    "vit_t": VIT_T,
+    "hq_vit_b": HQ_VIT_B,
+    "hq_vit_l": HQ_VIT_L,
+    "hq_vit_h": HQ_VIT_H,
+    "hq_vit_tiny": HQ_VIT_TINY,
+}
+
+# The released weights of each kind that needs a checkpoint (none can be downloaded here).
+OFFICIAL_CHECKPOINTS: dict[str, str] = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+    "vit_t": "mobile_sam.pt",
+    "hq_vit_b": "sam_hq_vit_b.pth",
+    "hq_vit_l": "sam_hq_vit_l.pth",
+    "hq_vit_h": "sam_hq_vit_h.pth",
+    "hq_vit_tiny": "sam_hq_vit_tiny.pth",
+}
 
 
 def check_kind(kind: str) -> None:
@@ -254,6 +353,9 @@ def check_kind(kind: str) -> None:
 def load_model(kind: str = "default", checkpoint: str | Path | None = None, device: str = "cpu") -> Sam:
     """Registry lookup with a clear error for an unknown kind; the model is put on `device` in eval mode."""
     check_kind(kind)
-    if kind in ("vit_b", "vit_l", "vit_h") and checkpoint is None:
-        raise ValueError(f"--model {kind} needs --checkpoint (official weights cannot be downloaded here)")
+    if kind in OFFICIAL_CHECKPOINTS and checkpoint is None:
+        raise ValueError(
+            f"--model {kind} needs --checkpoint (the official {OFFICIAL_CHECKPOINTS[kind]}, or its .safetensors "
+            "conversion; official weights cannot be downloaded here)"
+        )
     return sam_model_registry[kind](checkpoint=checkpoint).to(device).eval()

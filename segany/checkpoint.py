@@ -128,7 +128,12 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
         for k in sorted(set(expected) & set(state_dict))
         if state_dict[k].shape != expected[k].shape
     ]
-    dtypes = [f"{k}: {v.dtype}" for k, v in state_dict.items() if v.dtype not in _FLOAT_DTYPES]
+    # integer tensors only where the model has an integer buffer of that dtype (BatchNorm's num_batches_tracked)
+    dtypes = [
+        f"{k}: {v.dtype}"
+        for k, v in state_dict.items()
+        if v.dtype not in _FLOAT_DTYPES and not (k in expected and expected[k].dtype == v.dtype)
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
@@ -147,18 +152,44 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
 
 
 def load_weights_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Strict, validated load; the model is unchanged if anything does not fit."""
+    """Strict, validated load; the model is unchanged if anything does not fit.
+
+    Only the keys that the model's modules declare unused (`drop_unused_keys`) are dropped first.
+    """
+    state_dict = drop_unused_keys(model, state_dict)
     check_state_dict(model, state_dict)
     model.load_state_dict(dict(state_dict), strict=True)
 
 
+def drop_unused_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state_dict without the keys that the model's modules declare unused in their
+    ``UNUSED_CHECKPOINT_KEYS`` (MobileSAM's checkpoint keeps TinyViT's ImageNet classifier, ``head.*`` and
+    ``norm_head.*``, which SAM never runs). Exactly those are dropped, present or not; every other key still
+    goes through the strict check."""
+    unused = {
+        f"{name}.{key}" if name else key
+        for name, module in model.named_modules()
+        for key in getattr(module, "UNUSED_CHECKPOINT_KEYS", ())
+    }
+    return {k: v for k, v in state_dict.items() if k not in unused}
+
+
 def infer_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Which official size (vit_b / vit_l / vit_h) a state_dict belongs to, from its encoder shapes."""
+    """Which official model a state_dict belongs to, from its keys and encoder shapes: vit_b / vit_l / vit_h,
+    vit_t (MobileSAM's TinyViT stem), and their HQ-SAM versions (hq_*, with the decoder's HQ token)."""
+    hq = "mask_decoder.hf_token.weight" in state_dict
+    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:  # TinyViT's convolutional stem
+        return "hq_vit_tiny" if hq else "vit_t"
     pos = state_dict.get("image_encoder.pos_embed")
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
     if pos is not None:
         for kind, cfg in CONFIGS.items():
-            if pos.shape[-1] == cfg.encoder_embed_dim and depth == cfg.encoder_depth:
+            if (
+                cfg.encoder_type == "vit"
+                and cfg.hq_token == hq
+                and pos.shape[-1] == cfg.encoder_embed_dim
+                and depth == cfg.encoder_depth
+            ):
                 return kind
     raise CheckpointError(
         f"not an official SAM size (embed dim {None if pos is None else pos.shape[-1]}, depth {depth})"
@@ -205,6 +236,7 @@ def convert(src: str | Path, dst: str | Path, kind: str | None = None) -> SamCon
     config = CONFIGS[kind]
     with torch.device("meta"):
         model = build_sam(config)
+    state_dict = drop_unused_keys(model, state_dict)
     check_state_dict(model, state_dict)
     save_safetensors(dst, state_dict, config)
     return config

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from segany.modeling import ImageEncoderViT, Sam
+from segany.modeling import ConvImageEncoder, ImageEncoderViT, Sam
 from segany.transforms import ResizeLongestSide
 
 # a prompt may sit this many pixels outside the image (e.g. clicks on the border) before it is refused
@@ -38,6 +38,7 @@ class ImageEmbedding:
     original_size: tuple[int, int]  # (H, W) of the image as given
     input_size: tuple[int, int]  # (H, W) after resize-longest-side, before padding
     model_fingerprint: str
+    interm_features: torch.Tensor | None = None  # HQ-SAM models: the encoder's early features, 1×h×w×C'
 
     def save(self, path: str | Path) -> None:
         """Write as safetensors (no pickle), atomically."""
@@ -48,7 +49,10 @@ class ImageEmbedding:
             "input_size": json.dumps(list(self.input_size)),
             "model_fingerprint": self.model_fingerprint,
         }
-        save_safetensors(path, {"features": self.features}, metadata=meta)
+        tensors = {"features": self.features}
+        if self.interm_features is not None:
+            tensors["interm_features"] = self.interm_features
+        save_safetensors(path, tensors, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> ImageEmbedding:
@@ -57,13 +61,14 @@ class ImageEmbedding:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             features = f.get_tensor("features")
+            interm = f.get_tensor("interm_features") if "interm_features" in f.keys() else None  # noqa: SIM118
         try:
             osz = tuple(json.loads(meta["original_size"]))
             isz = tuple(json.loads(meta["input_size"]))
             fp = meta["model_fingerprint"]
         except (KeyError, ValueError) as e:
             raise ValueError(f"{path}: not a segany image embedding ({e})") from e
-        return cls(features, (int(osz[0]), int(osz[1])), (int(isz[0]), int(isz[1])), fp)
+        return cls(features, (int(osz[0]), int(osz[1])), (int(isz[0]), int(isz[1])), fp, interm)
 
 
 def model_fingerprint(model: Sam) -> str:
@@ -72,7 +77,13 @@ def model_fingerprint(model: Sam) -> str:
     h = hashlib.sha256()
     neck_conv = enc.neck[2]
     assert isinstance(neck_conv, torch.nn.Conv2d)
-    first = enc.patch_embed.proj.weight if isinstance(enc, ImageEncoderViT) else enc.stem[0].weight
+    first: Any
+    if isinstance(enc, ImageEncoderViT):
+        first = enc.patch_embed.proj.weight
+    elif isinstance(enc, ConvImageEncoder):
+        first = enc.stem[0].weight
+    else:  # TinyViT
+        first = next(enc.patch_embed.parameters())  # the stem's first convolution
     assert isinstance(first, torch.Tensor)
     for t in (first, neck_conv.weight):
         h.update(t.detach().float().cpu().numpy().tobytes())
@@ -109,6 +120,7 @@ class SamPredictor:
         self.features: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        self.interm_features: torch.Tensor | None = None  # HQ-SAM: the encoder's early features, 1×h×w×C'
         self.reset_image()
 
     # ------------------------------------------------------------------ image
@@ -139,7 +151,7 @@ class SamPredictor:
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         input_image = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        self.features = self.model.image_encoder(input_image)
+        self.features, self.interm_features = self.model.encode_image(input_image)
         self.is_image_set = True
 
     @torch.no_grad()
@@ -160,16 +172,19 @@ class SamPredictor:
                 t = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
                 batch.append(self.model.preprocess(t))
                 sizes.append((image.shape[:2], resized.shape[:2]))
-            feats = self.model.image_encoder(torch.stack(batch))
-            for f, (osz, isz) in zip(feats, sizes, strict=True):
-                out.append(ImageEmbedding(f[None], (osz[0], osz[1]), (isz[0], isz[1]), fp))
+            feats, interms = self.model.encode_image(torch.stack(batch))
+            for i, (f, (osz, isz)) in enumerate(zip(feats, sizes, strict=True)):
+                interm = None if interms is None else interms[i : i + 1]
+                out.append(ImageEmbedding(f[None], (osz[0], osz[1]), (isz[0], isz[1]), fp, interm))
         return out
 
     def get_embedding(self) -> ImageEmbedding:
         """The current image's embedding, ready to `save`."""
         self._require_image()
         assert self.features is not None and self.original_size is not None and self.input_size is not None
-        return ImageEmbedding(self.features, self.original_size, self.input_size, self.fingerprint)
+        return ImageEmbedding(
+            self.features, self.original_size, self.input_size, self.fingerprint, self.interm_features
+        )
 
     def set_embedding(
         self, embedding: ImageEmbedding, image: np.ndarray | None = None, image_format: str = "RGB"
@@ -192,6 +207,8 @@ class SamPredictor:
             rgb = _as_rgb(image, image_format)
         self.reset_image()
         self.features = embedding.features.to(self.device)
+        interm = embedding.interm_features
+        self.interm_features = None if interm is None else interm.to(self.device)
         self.original_size = embedding.original_size
         self.input_size = embedding.input_size
         self.is_image_set = True
@@ -217,6 +234,7 @@ class SamPredictor:
         self.is_image_set = False
         self._rgb = None
         self.features = None
+        self.interm_features = None
         self.original_size = None
         self.input_size = None
 
@@ -229,6 +247,7 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for prompts given in original-image pixels.
 
@@ -237,9 +256,13 @@ class SamPredictor:
           point_labels: N (or K×N), 1 = foreground, 0 = background.
           box: 4 XYXY, or K×4 for K boxes at once (each box one prompt).
           mask_input: 1×256×256 low-res logits from a previous call (K×1×256×256 with K boxes).
+          hq_token_only: HQ-SAM models (hq_vit_*): the HQ token's mask alone; False (the official default):
+            SAM's mask plus the HQ token's.
         Returns:
           masks C×H×W (bool, or float logits with return_logits), iou_predictions C, low_res_logits C×256×256,
-          with C = 3 (multimask) or 1; with K > 1 boxes each gets a leading K dimension. With a refiner (the
+          with C = 3 (multimask) or 1; with K > 1 boxes each gets a leading K dimension. HQ-SAM models return
+          one mask (C = 1) with multimask_output too, as the official HQ-SAM: the best-scored of SAM's three
+          plus the HQ token's, with that best score. With a refiner (the
           default model's graph cut) the boolean masks are refined, and the low-res logits made to agree with them (so
           that feeding them back builds on the refined mask); scores, and masks with return_logits, stay the
           network's.
@@ -296,6 +319,7 @@ class SamPredictor:
             box_t,
             mask_t,
             multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
             return_logits=return_logits or refine,
         )
         masks_np = masks.detach().cpu().numpy()
@@ -373,11 +397,13 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched prediction with prompts already in the model input frame (`transform.apply_*_torch`).
 
-        Arguments: point_coords B×N×2, point_labels B×N, boxes B×4, mask_input B×1×256×256.
-        Returns: masks B×C×H×W, iou_predictions B×C, low_res_logits B×C×256×256.
+        Arguments: point_coords B×N×2, point_labels B×N, boxes B×4, mask_input B×1×256×256; hq_token_only as
+        in `predict` (HQ-SAM models only).
+        Returns: masks B×C×H×W, iou_predictions B×C, low_res_logits B×C×256×256 (HQ-SAM: C = 1).
         """
         self._require_image()
         assert self.features is not None and self.input_size is not None and self.original_size is not None
@@ -413,6 +439,8 @@ class SamPredictor:
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+            interm_embeddings=self.interm_features,
         )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:

@@ -80,6 +80,11 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
+    @property
+    def interm_dim(self) -> int:
+        """Channels of `forward_with_interm`'s early features (the embedding width)."""
+        return self.patch_embed.proj.out_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×3×S×S normalised, padded image → B×out_chans×(S/p)×(S/p)."""
         x = self.patch_embed(x)  # B x H x W x C
@@ -88,6 +93,21 @@ class ImageEncoderViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+    def forward_with_interm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the `forward` embedding, early features B×(S/p)×(S/p)×embed_dim): the output of the first
+        global-attention block, which HQ-SAM's decoder fuses into its high-quality mask features."""
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        interm = None
+        for blk in self.blocks:
+            x = blk(x)
+            if interm is None and blk.window_size == 0:
+                interm = x
+        if interm is None:
+            raise ValueError("early features need a global-attention block (global_attn_indexes is empty)")
+        return self.neck(x.permute(0, 3, 1, 2)), interm
 
 
 class PatchEmbed(nn.Module):

@@ -14,6 +14,7 @@ from segany.modeling.conv_encoder import ConvImageEncoder
 from segany.modeling.image_encoder import ImageEncoderViT
 from segany.modeling.mask_decoder import MaskDecoder
 from segany.modeling.prompt_encoder import PromptEncoder
+from segany.modeling.tiny_vit import TinyViT
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -33,7 +34,7 @@ class Sam(nn.Module):
 
     def __init__(
         self,
-        image_encoder: ImageEncoderViT | ConvImageEncoder,
+        image_encoder: ImageEncoderViT | ConvImageEncoder | TinyViT,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         pixel_mean: tuple[float, ...] | list[float] = PIXEL_MEAN,
@@ -55,19 +56,33 @@ class Sam(nn.Module):
     def image_size(self) -> int:
         return self.image_encoder.img_size
 
+    @property
+    def is_hq(self) -> bool:
+        """An HQ-SAM model: its decoder needs the encoder's early features (`encode_image`)."""
+        return bool(getattr(self.mask_decoder, "hq", False))
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Preprocessed B×3×S×S images → (embeddings B×C×h×w, early features B×h×w×C' for an HQ-SAM decoder,
+        else None)."""
+        enc = self.image_encoder
+        if not self.is_hq or isinstance(enc, ConvImageEncoder):  # (no HQ decoder has a conv encoder)
+            return enc(images), None
+        return enc.forward_with_interm(images)
+
     def forward(
-        self, batched_input: list[dict[str, Any]], multimask_output: bool
+        self, batched_input: list[dict[str, Any]], multimask_output: bool, hq_token_only: bool = False
     ) -> list[dict[str, torch.Tensor]]:
         """End-to-end prediction for a list of images, each with its own prompts (official semantics).
 
         Each dict: `image` 3×H×W already resized (long side = image_size), `original_size` (H, W), optional
         `point_coords` B×N×2, `point_labels` B×N, `boxes` B×4, `mask_inputs` B×1×4h×4w, all in the resized
-        frame. Unlike the reference this is not wrapped in no_grad, so it can be trained; wrap calls yourself.
+        frame. ``hq_token_only``: HQ-SAM models only (see `MaskDecoder`). Unlike the reference this is not
+        wrapped in no_grad, so it can be trained; wrap calls yourself.
         """
         images = torch.stack([self.preprocess(x["image"]) for x in batched_input], dim=0)
-        embeddings = self.image_encoder(images)
+        embeddings, interms = self.encode_image(images)
         outputs = []
-        for record, emb in zip(batched_input, embeddings, strict=True):
+        for i, (record, emb) in enumerate(zip(batched_input, embeddings, strict=True)):
             points = None
             if "point_coords" in record:
                 points = (record["point_coords"], record["point_labels"])
@@ -80,6 +95,8 @@ class Sam(nn.Module):
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
+                hq_token_only=hq_token_only,
+                interm_embeddings=None if interms is None else interms[i : i + 1],
             )
             masks = self.postprocess_masks(
                 low_res, input_size=tuple(record["image"].shape[-2:]), original_size=record["original_size"]
