@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from patience import PATIENCE_S
 from PIL import Image
 
 PASSWORD = "test-password-0123456789"
@@ -88,13 +89,13 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=full_env)
         self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
+    def _wait_ready(self, timeout: float = PATIENCE_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(self.base + "/api/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.base + "/api/health", timeout=10.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -103,14 +104,16 @@ class Server:
 
     def token(self, username: str = "admin", password: str = PASSWORD) -> str:
         r = httpx.post(
-            self.base + "/api/login", json={"username": username, "password": password, "bearer": True}
+            self.base + "/api/login",
+            json={"username": username, "password": password, "bearer": True},
+            timeout=PATIENCE_S,  # a scrypt hash: slow on a loaded machine (httpx's default 5 s failed CI)
         )
         r.raise_for_status()
         return r.json()["token"]
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token or self.token()}"}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=30.0)
+        return httpx.Client(base_url=self.base, headers=headers, timeout=PATIENCE_S)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -158,12 +161,12 @@ class ForkedServer(Server):
         )
         self.proc.start()
         self._log_f = open(os.devnull, "wb")  # noqa: SIM115 - closed in kill()/stop()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + PATIENCE_S
         while time.monotonic() < deadline:
             if not self.proc.is_alive():
                 raise RuntimeError(f"forked server exited {self.proc.exitcode}")
             try:
-                if httpx.get(self.base + "/api/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.base + "/api/health", timeout=10.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -189,7 +192,7 @@ def pg_database() -> tuple[str, callable]:
     admin = PG_ADMIN_URL
     name = f"segany_test_{secrets.token_hex(4)}"
     try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=30) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as err:
         need("PostgreSQL", "SEGANY_REQUIRE_POSTGRES", str(err).strip().splitlines()[0])

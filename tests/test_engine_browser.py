@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from engine_harness import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Server, chromium_available, make_images
+from patience import PATIENCE_S
 
 XSS = '"><img src=x onerror="window.__xss=1">'
 
@@ -43,7 +44,14 @@ def browser():
         b.close()
 
 
-def _wait_until(page, js: str, timeout_s: float = 30.0) -> None:
+def _new_page(browser):
+    """A page whose waits (Playwright's default: 30 s) allow for a loaded machine; see `patience`."""
+    page = browser.new_page()
+    page.set_default_timeout(PATIENCE_S * 1000)
+    return page
+
+
+def _wait_until(page, js: str, timeout_s: float = PATIENCE_S) -> None:
     """Poll ``js`` with page.evaluate: Playwright's wait_for_function evals in the page, which our CSP forbids."""
     deadline = time.monotonic() + timeout_s
     while not page.evaluate(js):
@@ -57,7 +65,7 @@ def _login(page, server: Server, image_id: int | None = None) -> None:
     page.fill("#login-user", "admin")
     page.fill("#login-password", PASSWORD)
     page.click("#login-form button")
-    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    page.wait_for_selector("body[data-ready]")
 
 
 def _click_image(page, fx: float, fy: float) -> None:
@@ -70,7 +78,7 @@ def _click_image(page, fx: float, fy: float) -> None:
 
 def _click_accept_undo_reload(server: Server, browser) -> None:
     errors: list[str] = []
-    page = browser.new_page()
+    page = _new_page(browser)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     _login(page, server)
@@ -84,7 +92,7 @@ def _click_accept_undo_reload(server: Server, browser) -> None:
     page.fill("#label", XSS)
     page.click("#cycle")  # cycle to the next ambiguous mask before accepting
     page.click("#accept")
-    page.wait_for_selector("#masks li", timeout=15_000)
+    page.wait_for_selector("#masks li")
     assert page.locator("#masks li .label").first.text_content() == XSS
 
     # Undo deletes the saved mask, redo restores it, both through versioned PATCHes.
@@ -94,7 +102,7 @@ def _click_accept_undo_reload(server: Server, browser) -> None:
     _wait_until(page, "document.querySelectorAll('#masks li').length === 1")
 
     page.reload()
-    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    page.wait_for_selector("body[data-ready]")
     page.wait_for_selector("#masks li")
     assert page.locator("#masks li").count() == 1
     assert page.locator("#masks li .label").first.text_content() == XSS
@@ -106,7 +114,7 @@ def _click_accept_undo_reload(server: Server, browser) -> None:
 
 
 def _box_background_point_cycle_and_keys(server: Server, browser) -> None:
-    page = browser.new_page()
+    page = _new_page(browser)
     _login(page, server, image_id=_image_id(server, "img0.png"))
     box = page.locator("#overlay").bounding_box()
     n = page.evaluate("window.seganyStats.decodeMs.length")
@@ -143,7 +151,7 @@ def _xss_file_name_rendered_as_text(server: Server, browser) -> None:
         image_id = next(
             im["id"] for im in c.get("/api/projects/1/images").json() if im["file_name"] == f"{XSS}.png"
         )
-    page = browser.new_page()
+    page = _new_page(browser)
     _login(page, server, image_id=image_id)
     assert page.locator("#image-name").text_content() == f"{XSS}.png"
     assert page.evaluate("window.__xss") is None
@@ -151,7 +159,7 @@ def _xss_file_name_rendered_as_text(server: Server, browser) -> None:
 
 
 def _upload_caps_and_xss_name(server: Server, browser, tmp_path: Path) -> None:
-    page = browser.new_page()
+    page = _new_page(browser)
     _login(page, server, image_id=_image_id(server, "img0.png"))
     page.set_input_files(
         "#upload", files=[{"name": "big.png", "mimeType": "image/png", "buffer": os.urandom(600_000)}]
@@ -194,7 +202,7 @@ def test_annotation_page_in_chromium(server: Server, browser, tmp_path: Path) ->
     _box_background_point_cycle_and_keys(server, browser)
     _xss_file_name_rendered_as_text(server, browser)
     _upload_caps_and_xss_name(server, browser, tmp_path)
-    page = browser.new_page()
+    page = _new_page(browser)
     times = _decode_times(page, server, 10)
     _report("tiny model", page, times)
     assert len(times) == 10 and statistics.median(times) > 0
@@ -212,7 +220,7 @@ def test_decode_time_full_size_decoder(browser, tmp_path: Path) -> None:
     data = tmp_path / "data"
     extra = ["--model", kind] + (["--quantize"] if quantize else [])
     srv = Server(tmp_path / "images", data, f"sqlite:///{data}/db.sqlite", extra=extra)
-    page = browser.new_page()
+    page = _new_page(browser)
     try:
         with srv.client() as c:  # embed (and export) before the page asks
             c.timeout = httpx.Timeout(900.0)

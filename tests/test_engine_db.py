@@ -5,22 +5,26 @@
 * SIGKILL during saves: the server is killed at seeded random moments while a client saves; afterwards every
   save the client saw acknowledged is present, the database passes its integrity check, and no save is
   half-applied (each mask has exactly one history row per version).
-* A short load test: many clients reading, saving and rating at once; error rate and latency percentiles are
-  printed (closed loop, so the tail is a lower bound: see reliability.md §4.3).
+* Many clients at once (reading, saving and rating): no error of any kind, and every acknowledged save and
+  rating is in the database.
+
+These tests check correctness only, with waits that do not assume a fast machine (`patience.PATIENCE_S`);
+latency and throughput are measured by ``benchmarks/bench_engine_load.py``.
 """
 
 from __future__ import annotations
 
 import random
-import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from engine_harness import ForkedServer, Server, make_images, pg_database, rect_rle
+from patience import PATIENCE_S
 from sqlalchemy import text
 
 from segany.engine.db import integrity_ok, make_engine
@@ -43,9 +47,28 @@ def test_concurrent_edits_and_load(db_url: str, tmp_path: Path) -> None:
     srv = _start(tmp_path, db_url)
     try:
         _concurrent_edits_lose_no_update(srv, db_url)
-        _load_many_clients(srv, db_url)
+        _many_clients_lose_nothing(srv, db_url)
     finally:
         srv.stop()
+
+
+def _run_threads(target: Callable[[int], None], n: int) -> None:
+    """Run ``target(i)`` for i < n in threads; an exception in any of them fails the test (not only a warning)."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as err:  # re-raised below, in the test's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _start(tmp_path: Path, db_url: str) -> Server:
@@ -80,11 +103,7 @@ def _concurrent_edits_lose_no_update(srv: Server, db_url: str) -> None:
                 with lock:
                     outcomes[(aid, r.status_code)] += 1
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(worker, 8)
     assert {code for _, code in outcomes} <= {200, 409}, outcomes
     with srv.client(tokens[0]) as c:
         for aid in ids:
@@ -99,11 +118,7 @@ def _concurrent_edits_lose_no_update(srv: Server, db_url: str) -> None:
                     "/api/images/2/annotations", json={**_body(key), "rle": rect_rle(160, 96, 5, 9, 5, 9)}
                 ).status_code in (200, 201)
 
-        racers = [threading.Thread(target=create, args=(i,)) for i in range(6)]
-        for t in racers:
-            t.start()
-        for t in racers:
-            t.join()
+        _run_threads(create, 6)
         assert len(c.get("/api/images/2/annotations").json()) == 1
     print(f"\nconcurrent edits ({db_url.split(':')[0]}): {sum(v for (a, s), v in outcomes.items() if s == 200)} "
           f"committed, {sum(v for (a, s), v in outcomes.items() if s == 409)} got 409, 0 lost")  # fmt: skip
@@ -154,7 +169,7 @@ def _kill_loop(tmp_path: Path, db_url: str, iterations: int) -> None:
         # Kill after a seeded number of acknowledged saves plus a seeded delay, so that it lands inside the
         # save stream (often mid-request) however fast or loaded the machine is.
         target = len(acked_creates) + rng.randint(2, 6)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + PATIENCE_S
         while len(acked_creates) < target and time.monotonic() < deadline and t.is_alive():
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.05))
@@ -189,55 +204,68 @@ def _kill_loop(tmp_path: Path, db_url: str, iterations: int) -> None:
           f"+ {len(acked_versions)} updates, all present; integrity ok; 0 half-applied")  # fmt: skip
 
 
-def _load_many_clients(srv: Server, db_url: str) -> None:
-    n_clients, duration = 16, 4.0
+def _many_clients_lose_nothing(srv: Server, db_url: str) -> None:
+    """16 clients open images, save masks and rate them at once: every request succeeds, nothing is lost."""
+    n_clients, rounds = 16, 4
     tokens = [srv.token() for _ in range(4)] * (n_clients // 4)
     with srv.client(tokens[0]) as c:
         assert c.get("/api/images/1/embedding").status_code == 200  # computed once, then cached
-    latencies: list[float] = []
-    codes: Counter[int] = Counter()
+    codes: Counter[tuple[str, int]] = Counter()
+    acked: dict[int, tuple[str, int]] = {}  # annotation id -> (label, acknowledged version)
+    rated: set[int] = set()
     lock = threading.Lock()
-    t_end = time.monotonic() + duration
 
     def client(n: int) -> None:
         rng = random.Random(SEED + n)
         with srv.client(tokens[n]) as c:
 
-            def call(method: str, url: str, **kw) -> httpx.Response | None:
-                t0 = time.perf_counter()
-                try:
-                    r = c.request(method, url, **kw)
-                    code = r.status_code
-                except httpx.TransportError:
-                    r, code = None, 599
+            def call(method: str, url: str, **kw) -> httpx.Response:
+                r = c.request(method, url, **kw)  # a timeout or a dropped connection fails the test
                 with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    codes[code] += 1
+                    codes[(method, r.status_code)] += 1
                 return r
 
-            while time.monotonic() < t_end:
+            for i in range(rounds):
                 image = rng.choice([1, 2])
                 call("GET", f"/api/images/{image}/embedding")  # what a page does when it opens an image
                 call("GET", f"/api/images/{image}/annotations")
                 h, w = (120, 200) if image == 1 else (160, 96)
                 y, x = rng.randrange(0, h - 10), rng.randrange(0, w - 10)
+                label = f"load-{n}-{i}"
                 r = call("POST", f"/api/images/{image}/annotations",
-                         json={"rle": rect_rle(h, w, y, y + 10, x, x + 10), "seconds": 2.0})  # fmt: skip
-                if r is not None and r.status_code == 201:
-                    a = r.json()
-                    call("PATCH", f"/api/annotations/{a['id']}", json={"version": a["version"], "quality": 7})
+                         json={"rle": rect_rle(h, w, y, y + 10, x, x + 10), "seconds": 2.0, "label": label})  # fmt: skip
+                if r.status_code != 201:
+                    continue
+                a = r.json()
+                with lock:
+                    acked[a["id"]] = (label, a["version"])
+                r = call("PATCH", f"/api/annotations/{a['id']}", json={"version": a["version"], "quality": 7})
+                if r.status_code == 200:
+                    with lock:
+                        acked[a["id"]] = (label, r.json()["version"])
+                        rated.add(a["id"])
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(n_clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(client, n_clients)
     total = sum(codes.values())
-    errors = sum(v for k, v in codes.items() if k >= 400)
-    q = statistics.quantiles(latencies, n=100)
-    print(f"\nload ({db_url.split(':')[0]}, {n_clients} clients, {duration:.0f} s): {total} requests, "
-          f"{total / duration:.0f} req/s, error rate {errors / total:.2%}, p50 {1000 * q[49]:.0f} ms, "
-          f"p95 {1000 * q[94]:.0f} ms, p99 {1000 * q[98]:.0f} ms; codes {dict(codes)}")  # fmt: skip
-    assert total > 100
-    assert errors == 0, codes
-    assert q[94] < 3.0  # generous: CI machines are small and shared
+    failed = {k: v for k, v in codes.items() if k[1] >= 400}
+    assert not failed, f"requests that failed (method, status): {failed}"
+    assert len(acked) == len(rated) == n_clients * rounds
+    with srv.client(tokens[0]) as c:
+        for aid, (label, version) in acked.items():
+            r = c.get(f"/api/annotations/{aid}")
+            assert r.status_code == 200, (aid, r.status_code)
+            got = r.json()
+            assert (got["label"], got["version"], got["quality"]) == (label, version, 7), (aid, got)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            history = dict(
+                conn.execute(
+                    text("SELECT annotation_id, count(*) FROM annotation_history GROUP BY annotation_id")
+                ).all()  # fmt: skip
+            )
+    finally:
+        engine.dispose()
+    assert all(history.get(aid) == version for aid, (_, version) in acked.items()), "a save is half-applied"
+    print(f"\nmany clients ({db_url.split(':')[0]}, {n_clients} clients x {rounds} rounds): {total} requests, "
+          f"0 failed; {len(acked)} saves and {len(rated)} ratings acknowledged, all present")  # fmt: skip

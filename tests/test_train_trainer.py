@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from paths import DATA  # noqa: E402
+from patience import PATIENCE_S
 
 from segany.build import TINY, TINY_CONV, build_sam_from_checkpoint
 from segany.train.config import DataConfig, OptimConfig, TrainConfig, load_config
@@ -210,7 +211,7 @@ def test_resume_after_a_real_kill_is_bit_exact(pack: Path, tmp_path: Path) -> No
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + PATIENCE_S
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
         log = run / "log.jsonl"
@@ -514,7 +515,7 @@ def test_sigterm_to_the_process_group_stops_cleanly_with_data_workers(pack: Path
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as under a scheduler
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + PATIENCE_S
     signalled = False
     while time.monotonic() < deadline and proc.poll() is None:
         log = run / "log.jsonl"
@@ -523,7 +524,7 @@ def test_sigterm_to_the_process_group_stops_cleanly_with_data_workers(pack: Path
             signalled = True
             break
         time.sleep(0.05)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PATIENCE_S)  # it finishes its step and saves first
     assert signalled, f"run ended before the signal: rc={proc.returncode} {err!r}"
     assert proc.returncode == 0, err.decode()[-2000:]
     from segany.train.trainer import load_training_state
@@ -579,7 +580,7 @@ def test_a_data_worker_error_ends_the_run_instead_of_hanging(pack: Path, tmp_pat
         start_new_session=True,
     )
     try:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=PATIENCE_S)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its worker: leave nothing behind
         proc.communicate()
