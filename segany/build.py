@@ -231,7 +231,7 @@ def build_sam(config: SamConfig, checkpoint: str | Path | None = None) -> Sam:
     if checkpoint is not None:
         from segany.checkpoint import load_state_dict, load_weights_into
 
-        load_weights_into(model, load_state_dict(checkpoint))
+        load_weights_into(model, load_state_dict(checkpoint), checkpoint)
     return model
 
 

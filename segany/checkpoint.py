@@ -5,8 +5,9 @@
 * `.pth` files (the official release format) are read only with `torch.load` and `weights_only=True,
   map_location="cpu"`: a pickle that tries to build any object beyond tensors and plain containers is
   refused with `CheckpointError`. There is no fallback to unsafe loading.
-* Loading is strict and all-or-nothing: every missing / unexpected key and wrong shape is named in the error
-  and the model is left untouched unless the whole state_dict fits.
+* Loading is strict and all-or-nothing: the error counts the missing / unexpected keys and wrong shapes and
+  names the first few of each (``CheckpointError.details`` lists them all), and the model is left untouched
+  unless the whole state_dict fits.
 """
 
 from __future__ import annotations
@@ -27,8 +28,20 @@ GENERATOR_METADATA_KEY = "segany_generator_defaults"  # JSON: the automatic gene
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# names of each kind of problem that a `check_state_dict` message shows (`CheckpointError.details` has all)
+FIRST_NAMES = 3
+
+
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded safely or does not fit the model."""
+    """A checkpoint that cannot be loaded safely or does not fit the model.
+
+    ``str()`` is one line; ``details`` (None when there is nothing more) is the full, multi-line account, e.g.
+    every mismatched key (the CLI prints it with ``--debug``).
+    """
+
+    def __init__(self, message: str, details: str | None = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -71,12 +84,22 @@ def read_config(path: str | Path) -> SamConfig | None:
     path = Path(path)
     if path.suffix != ".safetensors":
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    if not path.is_file():
+        raise FileNotFoundError(2, "checkpoint not found", str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     text = meta.get(CONFIG_METADATA_KEY)
-    return SamConfig.from_json(text) if text else None
+    if not text:
+        return None
+    try:
+        return SamConfig.from_json(text)
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: invalid {CONFIG_METADATA_KEY} metadata ({e})") from e
 
 
 def read_generator_defaults(path: str | Path) -> dict[str, float]:
@@ -118,46 +141,63 @@ def write_generator_defaults(path: str | Path, defaults: Mapping[str, float]) ->
     read_generator_defaults(path)  # refuses what it could not read back
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Raise `CheckpointError` naming every key/shape/dtype problem; return silently if it all fits."""
+def _first(items: list[str], n: int = FIRST_NAMES) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def check_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path | None = None
+) -> None:
+    """Raise `CheckpointError` if any key/shape/dtype/value does not fit; return silently if it all fits.
+
+    The message counts each kind of problem and names the first `FIRST_NAMES` of each; ``details`` names them
+    all. ``source`` (the checkpoint's path) starts the message.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state_dict))
-        if state_dict[k].shape != expected[k].shape
-    ]
+    shapes = [k for k in sorted(set(expected) & set(state_dict)) if state_dict[k].shape != expected[k].shape]
     # integer tensors only where the model has an integer buffer of that dtype (BatchNorm's num_batches_tracked)
     dtypes = [
         f"{k}: {v.dtype}"
         for k, v in state_dict.items()
         if v.dtype not in _FLOAT_DTYPES and not (k in expected and expected[k].dtype == v.dtype)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
-    if shapes:
-        problems.append(f"{len(shapes)} wrong shape(s): {'; '.join(shapes)}")
-    if dtypes:
-        problems.append(f"non-float tensor(s): {', '.join(dtypes)}")
-    if not problems:
+    kinds = [
+        ("missing key(s)", missing),
+        ("unexpected key(s)", unexpected),
+        ("wrong shape(s)", shapes),
+        ("non-float tensor(s)", dtypes),
+    ]
+    if not any(items for _, items in kinds):
         bad = [k for k, v in state_dict.items() if not torch.isfinite(v).all()]
-        if bad:
-            problems.append(f"non-finite values in: {', '.join(bad)}")
-    if problems:
-        raise CheckpointError("state_dict does not fit the model — " + " | ".join(problems))
+        kinds.append(("tensor(s) with non-finite values", bad))
+    kinds = [(what, items) for what, items in kinds if items]
+    if kinds:
+        prefix = f"{source}: " if source is not None else ""
+        shown = {
+            k: f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
+            for k in shapes
+        }
+        summary = " | ".join(
+            f"{len(items)} {what}: {_first([shown.get(k, k) for k in items])}" for what, items in kinds
+        )
+        details = "\n".join(
+            f"{len(items)} {what}:\n" + "\n".join(f"  {shown.get(k, k)}" for k in items)
+            for what, items in kinds
+        )
+        raise CheckpointError(f"{prefix}state_dict does not fit the model — {summary}", details)
 
 
-def load_weights_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+def load_weights_into(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path | None = None
+) -> None:
     """Strict, validated load; the model is unchanged if anything does not fit.
 
     Only the keys that the model's modules declare unused (`drop_unused_keys`) are dropped first.
     """
     state_dict = drop_unused_keys(model, state_dict)
-    check_state_dict(model, state_dict)
+    check_state_dict(model, state_dict, source)
     model.load_state_dict(dict(state_dict), strict=True)
 
 
@@ -237,6 +277,6 @@ def convert(src: str | Path, dst: str | Path, kind: str | None = None) -> SamCon
     with torch.device("meta"):
         model = build_sam(config)
     state_dict = drop_unused_keys(model, state_dict)
-    check_state_dict(model, state_dict)
+    check_state_dict(model, state_dict, src)
     save_safetensors(dst, state_dict, config)
     return config

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +31,31 @@ class PromptError(ValueError):
     """A prompt with the wrong shape, values or position."""
 
 
+class EmbeddingError(ValueError):
+    """An image embedding that cannot be used: unreadable, or computed for another image or model."""
+
+
+class UncheckedEmbeddingWarning(UserWarning):
+    """An embedding saved by an older segany, without the hashes of its image and model weights."""
+
+
 @dataclass
 class ImageEmbedding:
-    """The encoder output for one image plus what is needed to decode prompts against it."""
+    """The encoder output for one image plus what is needed to decode prompts against it.
+
+    ``image_sha256`` (`image_sha256` of the RGB pixels) and ``model_sha256`` (`encoder_sha256` of the model)
+    say which image and weights it was computed from; `SamPredictor.set_embedding` and `load` (given the image
+    or model) refuse a mismatch with `EmbeddingError`. They are None for embeddings saved by segany before they
+    existed (loading such a file warns that it cannot be checked) and for `set_torch_image` (no pixels).
+    """
 
     features: torch.Tensor  # 1 x C x h x w
     original_size: tuple[int, int]  # (H, W) of the image as given
     input_size: tuple[int, int]  # (H, W) after resize-longest-side, before padding
-    model_fingerprint: str
+    model_fingerprint: str  # `model_fingerprint`: still written, so that older segany versions read new files
     interm_features: torch.Tensor | None = None  # HQ-SAM models: the encoder's early features, 1×h×w×C'
+    image_sha256: str | None = None
+    model_sha256: str | None = None
 
     def save(self, path: str | Path) -> None:
         """Write as safetensors (no pickle), atomically."""
@@ -49,30 +66,160 @@ class ImageEmbedding:
             "input_size": json.dumps(list(self.input_size)),
             "model_fingerprint": self.model_fingerprint,
         }
+        if self.image_sha256 is not None:
+            meta["image_sha256"] = self.image_sha256
+        if self.model_sha256 is not None:
+            meta["model_sha256"] = self.model_sha256
         tensors = {"features": self.features}
         if self.interm_features is not None:
             tensors["interm_features"] = self.interm_features
         save_safetensors(path, tensors, metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> ImageEmbedding:
-        from safetensors import safe_open
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        image: np.ndarray | None = None,
+        model: Sam | None = None,
+        image_format: str = "RGB",
+    ) -> ImageEmbedding:
+        """Read a file written by `save`; with ``image`` and/or ``model``, `check` it against them.
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            features = f.get_tensor("features")
-            interm = f.get_tensor("interm_features") if "interm_features" in f.keys() else None  # noqa: SIM118
+        A file without the image and model hashes (saved by an older segany) loads with an
+        `UncheckedEmbeddingWarning`. A missing file raises FileNotFoundError, any other unreadable one
+        `EmbeddingError`.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(2, "embedding file not found", str(path))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                features = f.get_tensor("features")
+                interm = f.get_tensor("interm_features") if "interm_features" in f.keys() else None  # noqa: SIM118
+        except (SafetensorError, OSError) as e:
+            raise EmbeddingError(f"{path}: not a readable image embedding ({e})") from e
         try:
             osz = tuple(json.loads(meta["original_size"]))
             isz = tuple(json.loads(meta["input_size"]))
             fp = meta["model_fingerprint"]
         except (KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a segany image embedding ({e})") from e
-        return cls(features, (int(osz[0]), int(osz[1])), (int(isz[0]), int(isz[1])), fp, interm)
+            raise EmbeddingError(f"{path}: not a segany image embedding ({e})") from e
+        emb = cls(
+            features,
+            (int(osz[0]), int(osz[1])),
+            (int(isz[0]), int(isz[1])),
+            fp,
+            interm,
+            image_sha256=meta.get("image_sha256"),
+            model_sha256=meta.get("model_sha256"),
+        )
+        if emb.image_sha256 is None or emb.model_sha256 is None:
+            warnings.warn(
+                f"{path} was saved by an older segany, without the hashes of its image and model weights: it "
+                "cannot be checked against the image it is used with (encode the image again to add them)",
+                UncheckedEmbeddingWarning,
+                stacklevel=2,
+            )
+        if image is not None or model is not None:
+            emb.check(image=image, model=model, image_format=image_format)
+        return emb
+
+    def check(
+        self, image: np.ndarray | None = None, model: Sam | None = None, image_format: str = "RGB"
+    ) -> None:
+        """Raise `EmbeddingError` unless this embedding was computed from ``image`` (H×W×3 uint8) by ``model``.
+
+        What the embedding does not record (files from older segany) is not checked.
+        """
+        if model is not None:
+            self._check_model(encoder_sha256(model) if self.model_sha256 else "", model_fingerprint(model))
+        if image is not None:
+            self._check_image(_as_rgb(np.asarray(image), image_format))
+
+    def _check_model(self, sha: str, fingerprint: str) -> None:
+        if self.model_sha256 is not None:
+            ok, mine, theirs = self.model_sha256 == sha, sha, self.model_sha256
+        else:  # older file: only the short fingerprint is known
+            ok, mine, theirs = self.model_fingerprint == fingerprint, fingerprint, self.model_fingerprint
+        if not ok:
+            raise EmbeddingError(
+                f"this embedding was computed by a different model (weights {theirs[:12]}, this model's "
+                f"{mine[:12]}); re-encode the image"
+            )
+
+    def _check_image(self, rgb: np.ndarray) -> None:
+        if rgb.shape[:2] != tuple(self.original_size):
+            raise EmbeddingError(
+                f"image is {rgb.shape[1]}x{rgb.shape[0]} but the embedding was computed for "
+                f"{self.original_size[1]}x{self.original_size[0]}"
+            )
+        if self.image_sha256 is not None:
+            sha = image_sha256(rgb)
+            if sha != self.image_sha256:
+                raise EmbeddingError(
+                    f"this embedding was computed for another image of the same size (pixels "
+                    f"{self.image_sha256[:12]}, this image's {sha[:12]}); re-encode the image"
+                )
+
+
+def image_sha256(rgb: np.ndarray) -> str:
+    """SHA-256 of an image's pixels (shape and dtype, then the bytes in C order): names its content, whatever
+    file it came from. Give RGB order, as `ImageEmbedding` records it."""
+    a = np.ascontiguousarray(rgb)
+    h = hashlib.sha256(f"{'x'.join(map(str, a.shape))}|{a.dtype}|".encode())
+    h.update(a.data)  # the C-contiguous buffer, without a copy
+    return h.hexdigest()
+
+
+def encoder_sha256(model: Sam) -> str:
+    """SHA-256 of everything an image embedding depends on: every weight and buffer of the image encoder (names,
+    dtypes, shapes, bytes), its input size, the pixel normalisation and the channel order.
+
+    The decoder is left out: an embedding stays valid for a model whose decoder alone was retrained. Wrappers
+    that keep the weights (`torch.compile`, `accelerate(model, "bf16")`) hash like the plain encoder; int8
+    quantisation changes the weights, so it changes the hash.
+    """
+    enc: Any = model.image_encoder
+    while True:  # unwrap torch.compile's OptimizedModule and segany.acceleration's bf16 wrapper
+        if isinstance(getattr(enc, "_orig_mod", None), torch.nn.Module):
+            enc = enc._orig_mod
+        elif type(enc).__name__ == "_Bf16Encoder":
+            enc = enc.encoder
+        else:
+            break
+    size = getattr(enc, "img_size", None) or getattr(model, "image_size", None)
+    h = hashlib.sha256(f"segany image encoder|{getattr(model, 'image_format', 'RGB')}|{size}|".encode())
+    for name in ("pixel_mean", "pixel_std"):
+        _hash_value(h, getattr(model, name, None))
+    for name, value in sorted(enc.state_dict().items()):
+        h.update(f"{name}|".encode())
+        _hash_value(h, value)
+    return h.hexdigest()
+
+
+def _hash_value(h: Any, value: object) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.is_quantized:  # int8 weights: the values they stand for
+            h.update(b"quantized|")
+            t = t.dequantize()
+        t = t.cpu().contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, (tuple, list)):
+        h.update(f"seq{len(value)}|".encode())
+        for v in value:
+            _hash_value(h, v)
+    else:
+        h.update(f"{value!r}|".encode())
 
 
 def model_fingerprint(model: Sam) -> str:
-    """Short hash of the encoder's first and last weights: embeddings from another model are refused."""
+    """Short hash of the encoder's first and last weights: what embeddings recorded before `encoder_sha256`
+    (still written to new files for older segany versions, and checked for old files)."""
     enc = model.image_encoder
     h = hashlib.sha256()
     neck_conv = enc.neck[2]
@@ -116,6 +263,8 @@ class SamPredictor:
         self._rgb: np.ndarray | None = None
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self._fingerprint: str | None = None
+        self._weights_sha256: str | None = None
+        self._image_sha256: str | None = None  # of the image behind a set_embedding without the image
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
@@ -163,9 +312,10 @@ class SamPredictor:
         fp = self.fingerprint
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            batch, sizes = [], []
+            batch, sizes, hashes = [], [], []
             for image in chunk:
                 image = self._check_image(image, image_format)
+                hashes.append(image_sha256(_as_rgb(image, image_format)))
                 if image_format != self.model.image_format:
                     image = image[..., ::-1]
                 resized = self.transform.apply_image(np.ascontiguousarray(image))
@@ -173,17 +323,31 @@ class SamPredictor:
                 batch.append(self.model.preprocess(t))
                 sizes.append((image.shape[:2], resized.shape[:2]))
             feats, interms = self.model.encode_image(torch.stack(batch))
-            for i, (f, (osz, isz)) in enumerate(zip(feats, sizes, strict=True)):
+            for i, (f, (osz, isz), sha) in enumerate(zip(feats, sizes, hashes, strict=True)):
                 interm = None if interms is None else interms[i : i + 1]
-                out.append(ImageEmbedding(f[None], (osz[0], osz[1]), (isz[0], isz[1]), fp, interm))
+                emb = ImageEmbedding(f[None], (osz[0], osz[1]), (isz[0], isz[1]), fp, interm)
+                emb.image_sha256, emb.model_sha256 = sha, self.weights_sha256
+                out.append(emb)
         return out
 
     def get_embedding(self) -> ImageEmbedding:
-        """The current image's embedding, ready to `save`."""
+        """The current image's embedding, ready to `save`, with the hashes of its image and this model's weights.
+
+        The image hash is None after `set_torch_image` (no pixels) or `set_embedding` of an embedding without one.
+        """
         self._require_image()
         assert self.features is not None and self.original_size is not None and self.input_size is not None
+        sha = self._image_sha256
+        if sha is None and self._rgb is not None:
+            sha = image_sha256(self._rgb)
         return ImageEmbedding(
-            self.features, self.original_size, self.input_size, self.fingerprint, self.interm_features
+            self.features,
+            self.original_size,
+            self.input_size,
+            self.fingerprint,
+            self.interm_features,
+            image_sha256=sha,
+            model_sha256=self.weights_sha256,
         )
 
     def set_embedding(
@@ -191,20 +355,18 @@ class SamPredictor:
     ) -> None:
         """Use a precomputed embedding instead of running the encoder.
 
-        ``image`` (optional, the embedded image itself) lets the refiner, if any, use its colours.
+        ``image`` (optional, the embedded image itself) lets the refiner, if any, use its colours. An embedding of
+        another model, or of another image than ``image`` (its pixel hash), is refused with `EmbeddingError`;
+        what an embedding saved by an older segany does not record cannot be checked.
         """
-        if embedding.model_fingerprint != self.fingerprint:
-            raise ValueError("this embedding was computed by a different model; re-encode the image")
+        sha = self.weights_sha256 if embedding.model_sha256 is not None else ""
+        embedding._check_model(sha, self.fingerprint)
         # The image is checked before anything changes: a refused one leaves the predictor as it was.
         rgb = None
         if image is not None:
             image = self._check_image(image, image_format)
-            if image.shape[:2] != tuple(embedding.original_size):
-                raise ValueError(
-                    f"image is {image.shape[1]}x{image.shape[0]} but the embedding was computed for "
-                    f"{embedding.original_size[1]}x{embedding.original_size[0]}"
-                )
             rgb = _as_rgb(image, image_format)
+            embedding._check_image(rgb)
         self.reset_image()
         self.features = embedding.features.to(self.device)
         interm = embedding.interm_features
@@ -213,12 +375,20 @@ class SamPredictor:
         self.input_size = embedding.input_size
         self.is_image_set = True
         self._rgb = rgb
+        self._image_sha256 = embedding.image_sha256
 
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
+
+    @property
+    def weights_sha256(self) -> str:
+        """`encoder_sha256` of the model, computed once (about 2 s for ViT-H)."""
+        if self._weights_sha256 is None:
+            self._weights_sha256 = encoder_sha256(self.model)
+        return self._weights_sha256
 
     def get_image_embedding(self) -> torch.Tensor:
         """1×C×h×w features of the current image."""
@@ -233,6 +403,7 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self._rgb = None
+        self._image_sha256 = None
         self.features = None
         self.interm_features = None
         self.original_size = None

@@ -206,3 +206,109 @@ def test_shipped_default_model_loads_and_predicts():
     side = 4 * config.embedding_size
     assert masks.shape == (3, 60, 90) and iou.shape == (3,) and low.shape == (3, side, side)
     assert np.isfinite(iou).all() and np.isfinite(low).all()
+
+
+# ---- a cached embedding is used only for its own image and model (issue 15, item 4) ----------------------------
+
+
+def _two_images(h: int = 40, w: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return tuple(rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(2))  # type: ignore[return-value]
+
+
+def test_embedding_of_another_image_of_the_same_size_is_refused(tmp_path):
+    from segany.predictor import EmbeddingError, ImageEmbedding, image_sha256
+
+    img1, img2 = _two_images()
+    model = sam_model_registry["tiny"]()
+    p = SamPredictor(model)
+    p.set_image(img1)
+    emb = p.get_embedding()
+    assert emb.image_sha256 == image_sha256(img1) and emb.model_sha256 == p.weights_sha256
+    path = tmp_path / "e.safetensors"
+    emb.save(path)
+    loaded = ImageEmbedding.load(path, image=img1, model=model)
+    assert (loaded.image_sha256, loaded.model_sha256) == (emb.image_sha256, emb.model_sha256)
+    other = SamPredictor(model)
+    with pytest.raises(EmbeddingError, match="another image"):
+        other.set_embedding(loaded, img2)
+    assert not other.is_image_set  # refused before any state changed
+    with pytest.raises(EmbeddingError, match="another image"):
+        ImageEmbedding.load(path, image=img2)
+    other.set_embedding(loaded, np.ascontiguousarray(img1[..., ::-1]), image_format="BGR")  # same pixels
+    assert other.get_embedding().image_sha256 == emb.image_sha256
+    other.set_embedding(loaded)  # without the image nothing can be compared; the hash is carried over
+    assert other.get_embedding().image_sha256 == emb.image_sha256
+    batch = p.embed_images([img1, img2], batch_size=2)
+    assert [e.image_sha256 for e in batch] == [image_sha256(img1), image_sha256(img2)]
+
+
+def test_embedding_of_a_model_that_differs_inside_the_encoder_is_refused():
+    """The old fingerprint hashed only the first and last encoder weights; the weights hash covers them all."""
+    import copy
+
+    import torch
+
+    from segany.predictor import EmbeddingError, ImageEmbedding, model_fingerprint
+
+    model = sam_model_registry["tiny"]()
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        tuned.image_encoder.blocks[0].mlp.lin1.weight.add_(0.01)
+    assert model_fingerprint(tuned) == model_fingerprint(model)
+    p = SamPredictor(model)
+    p.set_image(_two_images()[0])
+    with pytest.raises(EmbeddingError, match="different model"):
+        SamPredictor(tuned).set_embedding(p.get_embedding())
+    with pytest.raises(EmbeddingError, match="different model"):
+        p.get_embedding().check(model=tuned)
+    decoder_only = copy.deepcopy(model)  # a retrained decoder keeps the embeddings valid
+    with torch.no_grad():
+        decoder_only.mask_decoder.iou_token.weight.add_(1.0)
+    SamPredictor(decoder_only).set_embedding(p.get_embedding())
+    assert isinstance(p.get_embedding(), ImageEmbedding)
+
+
+def test_embedding_saved_by_an_older_segany_loads_with_a_warning(tmp_path):
+    from segany.checkpoint import save_safetensors
+    from segany.predictor import EmbeddingError, ImageEmbedding, UncheckedEmbeddingWarning
+
+    img1, img2 = _two_images()
+    model = sam_model_registry["tiny"]()
+    p = SamPredictor(model)
+    p.set_image(img1)
+    emb = p.get_embedding()
+    old = tmp_path / "old.safetensors"  # exactly the metadata segany wrote before the hashes
+    meta = {
+        "original_size": json.dumps(list(emb.original_size)),
+        "input_size": json.dumps(list(emb.input_size)),
+        "model_fingerprint": emb.model_fingerprint,
+    }
+    save_safetensors(old, {"features": emb.features}, metadata=meta)
+    with pytest.warns(UncheckedEmbeddingWarning, match="cannot be checked"):
+        loaded = ImageEmbedding.load(old)
+    assert loaded.image_sha256 is None and loaded.model_sha256 is None
+    SamPredictor(model).set_embedding(loaded, img2)  # the image cannot be checked
+    with pytest.raises(EmbeddingError, match="different model"):  # the old fingerprint still is
+        SamPredictor(sam_model_registry["tiny"]()).set_embedding(loaded)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(EmbeddingError, match="not a readable"):
+        ImageEmbedding.load(tmp_path / "junk.safetensors")
+
+
+def test_annotation_server_cache_is_keyed_by_the_default_weights(tmp_path, monkeypatch):
+    """Without --checkpoint the server used the key "default-init0" for any default weights, so a new release of
+    the shipped weights served embeddings of the old ones."""
+    import segany.build
+    from segany.engine.model import ModelService, ModelSpec
+
+    keys = []
+    for content in (b"weights one", b"weights two"):
+        path = tmp_path / f"{len(keys)}.safetensors"
+        path.write_bytes(content)
+        monkeypatch.setattr(segany.build, "DEFAULT_WEIGHTS", path)
+        keys.append(ModelSpec(kind="default").key)
+    assert keys[0] != keys[1] and all(k.startswith("default-") for k in keys)
+    # random weights: the seed and the hash of the weights it built
+    key = ModelService(ModelSpec(kind="tiny", seed=3), tmp_path / "cache").key
+    assert key.startswith("tiny-init3-") and len(key) == len("tiny-init3-") + 16

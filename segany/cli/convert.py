@@ -23,9 +23,10 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from segany.checkpoint import convert
+    from segany.cli.errors import CommandError
 
     if not str(args.dst).endswith(".safetensors"):
-        raise SystemExit("error: the output file must end in .safetensors")
+        raise CommandError("the output file must end in .safetensors")
     config = convert(args.src, args.dst, args.model)
     print(f"wrote {args.dst} (encoder {config.encoder_embed_dim}-d × {config.encoder_depth} blocks)")
     return 0

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segany.cli.errors import CommandError
 from segany.cli.model_args import add_model_args, model_from_args
 
 
@@ -30,9 +31,15 @@ def run(args: argparse.Namespace) -> int:
     from segany.predictor import SamPredictor
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    predictor = SamPredictor(model_from_args(args))
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder")
     paths = [Path(p) for p in args.images]
+    # Every image is decoded once before anything is encoded or written: a missing, unreadable or truncated one
+    # fails the command at once and leaves --out as it was (decoding is cheap next to the encoder).
+    for path in tqdm(paths, desc="check", unit="img", disable=len(paths) < 10):
+        load_image(path)
+    predictor = SamPredictor(model_from_args(args))
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(paths), args.batch_size), desc="embed", unit="batch"):
         chunk = paths[start : start + args.batch_size]

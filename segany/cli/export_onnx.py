@@ -29,14 +29,12 @@ def run(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     from segany.build import check_kind, sam_model_registry
+    from segany.cli.model_args import model_errors
     from segany.onnx_export import dummy_inputs, export_decoder
 
-    try:
+    with model_errors():  # a wrong --model or --checkpoint: one error line (segany.cli), nothing written
         check_kind(args.model)
-    except ValueError as err:
-        print(f"error: --model: {err}")
-        return 2
-    sam = sam_model_registry[args.model](checkpoint=args.checkpoint).eval()
+        sam = sam_model_registry[args.model](checkpoint=args.checkpoint).eval()
     t0 = time.perf_counter()
     info = export_decoder(sam, args.out, opset=args.opset, quantize=args.quantize)
     info["export_seconds"] = round(time.perf_counter() - t0, 2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -19,9 +21,27 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace) -> Any:
+    """The model of ``--model``/``--checkpoint`` on ``--device``; a wrong choice of either raises an expected
+    error (`CheckpointError`, FileNotFoundError, or `CommandError` for the other ValueErrors of model building:
+    unknown kind, no checkpoint for vit_*, a checkpoint without a segany config)."""
     from segany.build import load_model
 
-    return load_model(args.model, args.checkpoint, args.device)
+    with model_errors():
+        return load_model(args.model, args.checkpoint, args.device)
+
+
+@contextlib.contextmanager
+def model_errors() -> Iterator[None]:
+    """Around model building: ValueErrors other than `CheckpointError` become `CommandError` (expected)."""
+    from segany.checkpoint import CheckpointError
+    from segany.cli.errors import CommandError
+
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CommandError(str(e)) from e
 
 
 def add_refine_arg(p: argparse.ArgumentParser) -> None:

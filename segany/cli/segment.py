@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
+from segany.cli.errors import CommandError
 from segany.cli.model_args import add_model_args, add_refine_arg, model_from_args, predictor_from_args
 
 
@@ -42,7 +44,8 @@ def add_parser(sub: Any) -> None:
         type=_point,
         action="append",
         default=[],
-        help="X,Y[,LABEL] in image pixels; LABEL 1 = foreground (default), 0 = background. Repeat for more.",
+        help="X,Y[,LABEL] in image pixels; LABEL 1 = foreground (default), 0 = background. Repeat for more. "
+        "Negative numbers are fine (--point -3,20), but are outside the image.",
     )
     p.add_argument(
         "--box",
@@ -67,20 +70,28 @@ def run(args: argparse.Namespace) -> int:
     from segany.images import load_image
     from segany.masks.rle import encode_coco_rle
     from segany.overlay import render_overlay
-    from segany.predictor import ImageEmbedding
+    from segany.predictor import EmbeddingError, ImageEmbedding
 
     if not args.point and not args.box:
-        raise SystemExit("error: give at least one --point or --box")
+        raise CommandError("give at least one --point or --box")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder")
     t0 = time.perf_counter()
     image = load_image(args.image)
+    # Before the model is even built: a bad prompt fails in a second, not after the encoder.
+    check_prompts(args.point, args.box, image.shape[1], image.shape[0])
     model = model_from_args(args)
     predictor = predictor_from_args(model, args)
     t1 = time.perf_counter()
     cache = Path(args.embedding) if args.embedding else None
     if cache is not None and cache.exists():
-        predictor.set_embedding(ImageEmbedding.load(cache), image)
+        try:
+            predictor.set_embedding(ImageEmbedding.load(cache), image)
+        except EmbeddingError as e:
+            raise CommandError(
+                f"--embedding {cache} cannot be used: {e} (delete the file to encode the image again)"
+            ) from e
         print(f"embedding loaded from {cache}")
     else:
         print(f"encoding {image.shape[1]}×{image.shape[0]} image …", flush=True)
@@ -98,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     t3 = time.perf_counter()
     if masks.ndim == 3:  # one prompt: C×H×W → 1×C×H×W
         masks, scores = masks[None], scores[None]
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder
 
     records: list[dict[str, Any]] = []
     flat = []
@@ -148,6 +160,35 @@ def run(args: argparse.Namespace) -> int:
         f"{t3 - t2:.3f}s; overlay: {out / 'overlay.png'}"
     )
     return 0
+
+
+def check_prompts(points: list[list[float]], boxes: list[list[float]], width: int, height: int) -> None:
+    """Raise `PromptError` naming the option for a prompt the predictor would refuse (NaN, label other than
+    0/1, X1 < X0, outside the image), so that it fails before the model is loaded and the image encoded."""
+    from segany.predictor import COORD_TOLERANCE_PX as tol
+    from segany.predictor import PromptError
+
+    def text(vals: list[float]) -> str:
+        return ",".join(f"{v:g}" for v in vals)
+
+    def inside(x: float, y: float) -> bool:
+        return -tol <= x <= width + tol and -tol <= y <= height + tol
+
+    where = f"outside the {width}×{height} image (x from 0 to {width}, y from 0 to {height})"
+    for p in points:
+        if not all(math.isfinite(v) for v in p):
+            raise PromptError(f"--point {text(p)}: every number must be finite")
+        if len(p) == 3 and p[2] not in (0, 1):
+            raise PromptError(f"--point {text(p)}: LABEL must be 1 (foreground) or 0 (background)")
+        if not inside(p[0], p[1]):
+            raise PromptError(f"--point {text(p)} is {where}")
+    for b in boxes:
+        if not all(math.isfinite(v) for v in b):
+            raise PromptError(f"--box {text(b)}: every number must be finite")
+        if b[2] < b[0] or b[3] < b[1]:
+            raise PromptError(f"--box {text(b)}: needs X0,Y0,X1,Y1 with X1 >= X0 and Y1 >= Y0")
+        if not (inside(b[0], b[1]) and inside(b[2], b[3])):
+            raise PromptError(f"--box {text(b)} is {where}")
 
 
 def _draw_prompts(canvas: Any, points: list[list[float]], boxes: list[list[float]]) -> None:

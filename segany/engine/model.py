@@ -32,12 +32,29 @@ class ModelSpec:
     seed: int = 0  # fixes random weights when there is no checkpoint, so cached embeddings stay valid
 
     @property
+    def weights_file(self) -> Path | None:
+        """The file the weights come from: the checkpoint, or the shipped default weights; None for random ones."""
+        if self.checkpoint is not None:
+            return Path(self.checkpoint)
+        if self.kind == "default":
+            from segany.build import DEFAULT_WEIGHTS
+
+            return DEFAULT_WEIGHTS
+        return None
+
+    @property
     def key(self) -> str:
-        """Names the cache entries: a new checkpoint must never reuse another model's embeddings."""
-        if self.checkpoint is None:
+        """Names the cache entries: other weights must never reuse another model's embeddings or decoder.
+
+        The SHA-256 of the weights file (for ``default`` without a checkpoint, of the shipped weights, which a new
+        segany release replaces). Random weights (no file) are named by their seed here; `ModelService.key` adds
+        the hash of the weights that seed built.
+        """
+        path = self.weights_file
+        if path is None:
             return f"{self.kind}-init{self.seed}"
         h = hashlib.sha256()
-        with open(self.checkpoint, "rb") as f:
+        with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return f"{self.kind}-{h.hexdigest()[:16]}"
@@ -66,8 +83,17 @@ class ModelService:
 
     @property
     def key(self) -> str:
+        """`ModelSpec.key`, plus the weights' own hash for random weights (the cache folder's name)."""
         if self._key is None:
-            self._key = self.spec.key
+            try:
+                key = self.spec.key
+            except OSError as err:
+                raise ModelUnavailable(f"model weights cannot be read: {err}") from err
+            if self.spec.weights_file is None:
+                from segany.batch import weights_sha256
+
+                key = f"{key}-{weights_sha256(self.sam())[:16]}"
+            self._key = key
         return self._key
 
     def _dir(self, sub: str) -> Path:
