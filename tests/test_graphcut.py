@@ -185,12 +185,14 @@ def test_predictor_refines_each_box_with_its_own_prompt():
         np.testing.assert_array_equal(masks[k, 0], GraphCutRefiner()(img, logits[k, 0], None, None, boxes[k]))
 
 
-def test_default_model_refines_and_official_kinds_do_not():
+def test_refinement_is_opt_in_for_every_built_in_model():
+    """One prompt, one mask everywhere: the page and the generator show the network's masks, so the predictor
+    does too unless the graph cut is asked for."""
     from segany import SamPredictor, sam_model_registry
     from segany.build import build_sam_tiny
 
-    assert isinstance(SamPredictor(sam_model_registry["default"]()).refiner, GraphCutRefiner)
-    assert SamPredictor(sam_model_registry["default"](), refiner=False).refiner is None
+    assert SamPredictor(sam_model_registry["default"]()).refiner is None
+    assert isinstance(SamPredictor(sam_model_registry["default"](), refiner=True).refiner, GraphCutRefiner)
     assert SamPredictor(build_sam_tiny()).refiner is None
 
 
