@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segany.cli.extras import require
+
+    require("annotate", "engine")
     import uvicorn
 
     from segany.engine import ConfigError, EngineSettings, create_app

@@ -110,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from segany import batch
+    from segany.cli.extras import require
+
+    require("auto", "auto")
+    if args.engine == "ray":
+        require("auto --engine ray", "ray")
 
     dests = [dest for _f, dest, _t, _h in _GENERATOR_FLAGS] + ["fast"]
     overrides = {dest: getattr(args, dest) for dest in dests if getattr(args, dest) is not None}

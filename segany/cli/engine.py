@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segany.cli.extras import require
+
+    require("engine retrain", "engine", "train")
     from segany.engine.db import make_engine
     from segany.engine.model import ModelSpec
     from segany.engine.retrain import retrain

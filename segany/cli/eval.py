@@ -91,6 +91,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from segany.cli.extras import require
+
+    require("eval", "eval")
     from segany.cli.model_args import model_from_args, predictor_from_args
     from segany.evaluate import edges as edge_bench
     from segany.evaluate import report, runs

@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segany.cli.extras import require
+
+    require("export-onnx", "onnx")
     import numpy as np
     import onnxruntime as ort
 

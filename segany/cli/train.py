@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
+    from segany.cli.extras import require
+
+    require("train", "train")
     from segany.train.config import TrainConfig, load_config
 
     path = Path(args.config)

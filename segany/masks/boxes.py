@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import batched_nms
 
 __all__ = [
     "box_xywh_to_xyxy",
@@ -88,8 +87,17 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 
     Uses torchvision's ``batched_nms`` with a single category, as the official generator, so the kept set and
     its order are identical; the categories live on the boxes' device (the official 1.0 code puts them on the
-    CPU, which fails for GPU boxes).
+    CPU, which fails for GPU boxes). torchvision is imported here, not with this module, so that the core
+    (``segany segment``, which imports `segany.masks` for the graph cut) installs and runs without it.
     """
+    try:
+        from torchvision.ops import batched_nms
+    except ModuleNotFoundError as err:
+        if err.name not in ("torchvision", "torchvision.ops"):
+            raise
+        from segany.extras import MissingExtra
+
+        raise MissingExtra("automatic mask generation (segany.masks.nms)", "auto", ["torchvision"]) from err
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be [N, 4], got shape {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
