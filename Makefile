@@ -19,9 +19,10 @@ install: $(BIN)/python
 	@if $(BIN)/pip show -q torch >/dev/null 2>&1; then pins=constraints/core.txt; else pins=constraints/demo.txt; fi; \
 	echo "$(BIN)/pip install -q -e . -c $$pins"; $(BIN)/pip install -q -e . -c $$pins
 
-# Everything: all extras, the test tools and the test oracles (torch 2.14.1 + torchvision 0.29.1).
+# Everything: all extras, the test tools and the test oracles (torch 2.14.1 + torchvision 0.29.1; sam2 without
+# its optional CUDA extension, which image-mode parity does not use).
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]' -c constraints/dev.txt
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q -e '.[dev]' -c constraints/dev.txt
 
 demo: install
 	$(BIN)/segany segment examples/dog_cat.jpg --point 160,185 --out out/demo

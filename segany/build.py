@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from segany.build_sam2 import CHECKPOINT_FILES as SAM2_CHECKPOINT_FILES
+from segany.build_sam2 import SAM2_BUILDERS
 from segany.modeling import (
     ConvImageEncoder,
     ImageEncoderViT,
@@ -24,6 +26,7 @@ from segany.modeling import (
     TinyViT,
     TwoWayTransformer,
 )
+from segany.modeling.sam2 import Sam2
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "segany_default.safetensors"
 
@@ -304,7 +307,7 @@ def build_sam_default(checkpoint: str | Path | None = None) -> Sam:
     return build_sam_from_checkpoint(path)
 
 
-sam_model_registry: dict[str, Callable[..., Sam]] = {
+sam_model_registry: dict[str, Callable[..., Sam | Sam2]] = {
     "default": build_sam_default,
     "vit_b": build_sam_vit_b,
     "vit_l": build_sam_vit_l,
@@ -315,6 +318,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "hq_vit_l": build_sam_hq_vit_l,
     "hq_vit_h": build_sam_hq_vit_h,
     "hq_vit_tiny": build_sam_hq_vit_tiny,
+    **SAM2_BUILDERS,  # sam2.1_hiera_{tiny,small,base_plus,large}, sam2_hiera_*: segany.build_sam2
 }
 
 CONFIGS: dict[str, SamConfig] = {
@@ -339,6 +343,7 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
     "hq_vit_l": "sam_hq_vit_l.pth",
     "hq_vit_h": "sam_hq_vit_h.pth",
     "hq_vit_tiny": "sam_hq_vit_tiny.pth",
+    **SAM2_CHECKPOINT_FILES,
 }
 
 
@@ -350,7 +355,9 @@ def check_kind(kind: str) -> None:
         )
 
 
-def load_model(kind: str = "default", checkpoint: str | Path | None = None, device: str = "cpu") -> Sam:
+def load_model(
+    kind: str = "default", checkpoint: str | Path | None = None, device: str = "cpu"
+) -> Sam | Sam2:
     """Registry lookup with a clear error for an unknown kind; the model is put on `device` in eval mode."""
     check_kind(kind)
     if kind in OFFICIAL_CHECKPOINTS and checkpoint is None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from segany.modeling import ConvImageEncoder, ImageEncoderViT, Sam
-from segany.transforms import ResizeLongestSide
+from segany.transforms import input_transform
 
 # a prompt may sit this many pixels outside the image (e.g. clicks on the border) before it is refused
 COORD_TOLERANCE_PX = 1.0
@@ -178,9 +178,10 @@ def encoder_sha256(model: Sam) -> str:
     """SHA-256 of everything an image embedding depends on: every weight and buffer of the image encoder (names,
     dtypes, shapes, bytes), its input size, the pixel normalisation and the channel order.
 
-    The decoder is left out: an embedding stays valid for a model whose decoder alone was retrained. Wrappers
-    that keep the weights (`torch.compile`, `accelerate(model, "bf16")`) hash like the plain encoder; int8
-    quantisation changes the weights, so it changes the hash.
+    The decoder is left out: an embedding stays valid for a model whose decoder alone was retrained (SAM 2: but
+    for the weights applied at encoding time, ``model.embedding_weights()``: its high-resolution projections
+    and no-memory token). Wrappers that keep the weights (`torch.compile`, `accelerate(model, "bf16")`) hash
+    like the plain encoder; int8 quantisation changes the weights, so it changes the hash.
     """
     enc: Any = model.image_encoder
     while True:  # unwrap torch.compile's OptimizedModule and segany.acceleration's bf16 wrapper
@@ -197,6 +198,12 @@ def encoder_sha256(model: Sam) -> str:
     for name, value in sorted(enc.state_dict().items()):
         h.update(f"{name}|".encode())
         _hash_value(h, value)
+    # weights outside the encoder that the embedding depends on (SAM 2: no_mem_embed, conv_s0/conv_s1)
+    embedding_weights = getattr(model, "embedding_weights", None)
+    if embedding_weights is not None:
+        for name, value in sorted(embedding_weights().items()):
+            h.update(f"{name}|".encode())
+            _hash_value(h, value)
     return h.hexdigest()
 
 
@@ -222,6 +229,12 @@ def model_fingerprint(model: Sam) -> str:
     (still written to new files for older segany versions, and checked for old files)."""
     enc = model.image_encoder
     h = hashlib.sha256()
+    if not isinstance(enc.neck, torch.nn.Sequential):  # SAM 2 (FPN neck): its first and last encoder weights
+        params = list(enc.parameters())
+        for t in (params[0], params[-1]):
+            h.update(t.detach().float().cpu().numpy().tobytes())
+        h.update(str(enc.img_size).encode())
+        return h.hexdigest()[:16]
     neck_conv = enc.neck[2]
     assert isinstance(neck_conv, torch.nn.Conv2d)
     first: Any
@@ -261,7 +274,10 @@ class SamPredictor:
             refiner = GraphCutRefiner()
         self.refiner: Callable[..., np.ndarray] | None = refiner or None
         self._rgb: np.ndarray | None = None
-        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        # the model's own geometry: SAM resizes by the longest side and pads, SAM 2 stretches to a square
+        self.transform = input_transform(
+            getattr(sam_model, "resize_mode", "longest_side"), sam_model.image_size
+        )
         self._fingerprint: str | None = None
         self._weights_sha256: str | None = None
         self._image_sha256: str | None = None  # of the image behind a set_embedding without the image
@@ -419,6 +435,9 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         hq_token_only: bool = False,
+        normalize_coords: bool = True,
+        dynamic_multimask: bool | None = None,
+        use_object_score: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for prompts given in original-image pixels.
 
@@ -429,6 +448,9 @@ class SamPredictor:
           mask_input: 1×256×256 low-res logits from a previous call (K×1×256×256 with K boxes).
           hq_token_only: HQ-SAM models (hq_vit_*): the HQ token's mask alone; False (the official default):
             SAM's mask plus the HQ token's.
+          normalize_coords: True: point and box coordinates are pixels; False: fractions of the image's width and
+            height in [0, 1] (SAM 2's argument, here for every model).
+          dynamic_multimask, use_object_score: SAM 2 models only, see `predict_torch`.
         Returns:
           masks C×H×W (bool, or float logits with return_logits), iou_predictions C, low_res_logits C×256×256,
           with C = 3 (multimask) or 1; with K > 1 boxes each gets a leading K dimension. HQ-SAM models return
@@ -449,10 +471,12 @@ class SamPredictor:
                 b = b[None]
             if b.ndim != 2 or b.shape[1] != 4 or b.shape[0] == 0:
                 raise PromptError(f"box must have shape (4,) or (K, 4), got {np.shape(box)}")
-            _check_boxes(b, H, W)
+            _check_boxes(b if normalize_coords else b * np.array([W, H, W, H]), H, W)
             n_boxes = b.shape[0]
             box_t = torch.as_tensor(
-                self.transform.apply_boxes(b, (H, W)), dtype=torch.float, device=self.device
+                self.transform.apply_boxes(b, (H, W), normalized=not normalize_coords),
+                dtype=torch.float,
+                device=self.device,
             )
         if point_coords is not None or point_labels is not None:
             if point_coords is None or point_labels is None:
@@ -461,12 +485,14 @@ class SamPredictor:
             lab = np.asarray(point_labels)
             if c.ndim == 2:
                 c, lab = c[None], lab[None] if lab.ndim == 1 else lab
-            _check_points(c, lab, H, W, expect_batch=n_boxes)
+            _check_points(c if normalize_coords else c * np.array([W, H]), lab, H, W, expect_batch=n_boxes)
             if n_boxes is not None and c.shape[0] == 1 and n_boxes > 1:
                 c = np.repeat(c, n_boxes, axis=0)
                 lab = np.repeat(lab, n_boxes, axis=0)
             coords_t = torch.as_tensor(
-                self.transform.apply_coords(c, (H, W)), dtype=torch.float, device=self.device
+                self.transform.apply_coords(c, (H, W), normalized=not normalize_coords),
+                dtype=torch.float,
+                device=self.device,
             )
             labels_t = torch.as_tensor(lab.astype(np.int64), dtype=torch.int, device=self.device)
         batch = n_boxes or (coords_t.shape[0] if coords_t is not None else 1)
@@ -492,6 +518,8 @@ class SamPredictor:
             multimask_output=multimask_output,
             hq_token_only=hq_token_only,
             return_logits=return_logits or refine,
+            dynamic_multimask=dynamic_multimask,
+            use_object_score=use_object_score,
         )
         masks_np = masks.detach().cpu().numpy()
         iou_np = iou.detach().float().cpu().numpy()
@@ -569,12 +597,19 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         hq_token_only: bool = False,
+        dynamic_multimask: bool | None = None,
+        use_object_score: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched prediction with prompts already in the model input frame (`transform.apply_*_torch`).
 
         Arguments: point_coords B×N×2, point_labels B×N, boxes B×4, mask_input B×1×256×256; hq_token_only as
-        in `predict` (HQ-SAM models only).
-        Returns: masks B×C×H×W, iou_predictions B×C, low_res_logits B×C×256×256 (HQ-SAM: C = 1).
+        in `predict` (HQ-SAM models only). SAM 2 models only:
+          dynamic_multimask: for a single mask, fall back to the best-scored multimask output when the single
+            one is unstable; None: the model's setting (on, SAM 2's default post-processing).
+          use_object_score: empty the masks of prompts whose object-score logit is ≤ 0 (as SAM 2's video mode
+            does); off in SAM 2's image predictor.
+        Returns: masks B×C×H×W, iou_predictions B×C, low_res_logits B×C×256×256 (HQ-SAM: C = 1; SAM 2:
+        clamped to ±32, as its predictor returns them).
         """
         self._require_image()
         assert self.features is not None and self.input_size is not None and self.original_size is not None
@@ -603,6 +638,13 @@ class SamPredictor:
             if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, mh, mw):
                 raise PromptError(f"mask_input must be B×1×{mh}×{mw}, got {tuple(mask_input.shape)}")
 
+        sam2_options: dict[str, Any] = {}
+        if dynamic_multimask is not None:
+            sam2_options["dynamic_multimask"] = dynamic_multimask
+        if use_object_score:
+            sam2_options["use_object_score"] = True
+        if sam2_options and not hasattr(self.model.mask_decoder, "obj_score_token"):
+            raise PromptError(f"{', '.join(sam2_options)}: SAM 2 models only")
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res, iou = self.model.mask_decoder(
             image_embeddings=self.features,
@@ -612,8 +654,12 @@ class SamPredictor:
             multimask_output=multimask_output,
             hq_token_only=hq_token_only,
             interm_embeddings=self.interm_features,
+            **sam2_options,
         )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        limit = getattr(self.model, "low_res_logit_limit", None)
+        if limit is not None:
+            low_res = torch.clamp(low_res, -limit, limit)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res

@@ -33,18 +33,27 @@ class ResizeLongestSide:
         h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
         return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        """(..., 2) (x, y) pixel coordinates of the original image → the resized frame (float64 copy)."""
+    def apply_coords(
+        self, coords: np.ndarray, original_size: tuple[int, ...], normalized: bool = False
+    ) -> np.ndarray:
+        """(..., 2) (x, y) pixel coordinates of the original image → the resized frame (float64 copy).
+
+        ``normalized``: the coordinates are fractions of the image's width and height, in [0, 1].
+        """
         old_h, old_w = original_size
         new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
         coords = deepcopy(coords).astype(float)
+        if normalized:
+            old_h = old_w = 1
         coords[..., 0] = coords[..., 0] * (new_w / old_w)
         coords[..., 1] = coords[..., 1] * (new_h / old_h)
         return coords
 
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+    def apply_boxes(
+        self, boxes: np.ndarray, original_size: tuple[int, ...], normalized: bool = False
+    ) -> np.ndarray:
         """(B, 4) XYXY boxes → the resized frame."""
-        return self.apply_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+        return self.apply_coords(boxes.reshape(-1, 2, 2), original_size, normalized).reshape(-1, 4)
 
     def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
         """B×C×H×W float → resized B×C×h×w (antialiased bilinear)."""
@@ -86,19 +95,25 @@ class ResizeSquare:
         t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32).div(255)
         return self.apply_image_torch(t[None])[0].permute(1, 2, 0).numpy()
 
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+    def apply_coords(
+        self, coords: np.ndarray, original_size: tuple[int, ...], normalized: bool = False
+    ) -> np.ndarray:
         """(..., 2) (x, y) pixel coordinates of the original image → the model frame (float32).
 
-        ``original_size`` (1, 1) maps coordinates already normalised to [0, 1] (SAM 2's ``normalize_coords=False``).
+        ``normalized``: the coordinates are fractions of the image's width and height, in [0, 1] (SAM 2's
+        ``normalize_coords=False``).
         """
-        h, w = original_size
         out = np.array(coords, dtype=np.float32)
-        out[..., 0] = out[..., 0] / np.float32(w)
-        out[..., 1] = out[..., 1] / np.float32(h)
+        if not normalized:
+            h, w = original_size
+            out[..., 0] = out[..., 0] / np.float32(w)
+            out[..., 1] = out[..., 1] / np.float32(h)
         return out * np.float32(self.target_length)
 
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        return self.apply_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+    def apply_boxes(
+        self, boxes: np.ndarray, original_size: tuple[int, ...], normalized: bool = False
+    ) -> np.ndarray:
+        return self.apply_coords(boxes.reshape(-1, 2, 2), original_size, normalized).reshape(-1, 4)
 
     def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
         """B×3×H×W float → B×3×size×size (antialiased bilinear, as torchvision's ``Resize``)."""

@@ -153,7 +153,7 @@ class Hiera(nn.Module):
         self.patch_embed = PatchEmbed(embed_dim=embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *window_pos_embed_bkg_spatial_size))
         self.pos_embed_window = nn.Parameter(torch.zeros(1, embed_dim, window_spec[0], window_spec[0]))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # (also under a meta device)
         self.blocks = nn.ModuleList()
         stage = 0
         dim, heads = embed_dim, num_heads

@@ -124,6 +124,16 @@ class Sam2(nn.Module):
         embedding = (s16.flatten(2).permute(2, 0, 1) + self.no_mem_embed).permute(1, 2, 0).view(B, C, H, W)
         return embedding, high_res
 
+    def embedding_weights(self) -> dict[str, torch.Tensor]:
+        """The weights besides the image encoder's that `encode_image`'s output depends on (for hashing)."""
+        dec = self.sam_mask_decoder
+        convs = {
+            f"sam_mask_decoder.{n}.{k}": v
+            for n in ("conv_s0", "conv_s1")
+            for k, v in getattr(dec, n).state_dict().items()
+        }
+        return {"no_mem_embed": self.no_mem_embed.detach(), **convs}
+
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
     ) -> torch.Tensor:
