@@ -256,7 +256,8 @@ class TinyViT(nn.Module):
             raise ValueError(f"img_size {img_size} must be a multiple of 16")
         self.img_size = img_size
         self.interm_dim = embed_dims[2]  # channels of `forward_with_interm`'s early features
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # plain floats: meta-device safe
         starts = [sum(depths[:i]) for i in range(n)]
         self.patch_embed = ConvPatchEmbed(in_chans, embed_dims[0])
         # every merge halves the grid except the last, so the output stride is 16 (4 · 2 · 2)
