@@ -257,7 +257,8 @@ class TinyViT(nn.Module):
         self.img_size = img_size
         self.interm_dim = embed_dims[2]  # channels of `forward_with_interm`'s early features
         total = sum(depths)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # plain floats: meta-device safe
+        # stochastic depth per block, rising linearly (plain floats, so the meta device can build it too)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         starts = [sum(depths[:i]) for i in range(n)]
         self.patch_embed = ConvPatchEmbed(in_chans, embed_dims[0])
         # every merge halves the grid except the last, so the output stride is 16 (4 · 2 · 2)
