@@ -27,6 +27,7 @@ every case (bit-identical) on CPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,26 @@ def test_malformed_video_memory_weight_is_named():
     sd.pop("maskmem_tpos_enc")
     with pytest.raises(CheckpointError, match="maskmem_tpos_enc"):
         check_state_dict(model, sd)
+
+
+def test_embeddings_batch_save_and_load(tmp_path: Path):
+    """SAM 2's embedding (stride-16 map + packed high-res features) goes through `embed_images`, `save`/`load`
+    and `set_embedding` like SAM's, and answers prompts identically (depth-reduced tiny trunk)."""
+    from segany.predictor import ImageEmbedding
+
+    model = build_sam2(replace(SAM2_CONFIGS["sam2.1_hiera_tiny"], stages=(1, 1, 1, 1), global_att_blocks=()))
+    model.load_state_dict(random_state_dict(model, seed=2))
+    p = SamPredictor(model)
+    images = [_image(120, 90, 1), _image(64, 200, 2)]
+    kw = dict(point_coords=np.array([[30.0, 40.0]]), point_labels=np.array([1]), box=np.array([5, 5, 60, 50]))
+    for image, emb in zip(images, p.embed_images(images), strict=True):
+        p.set_image(image)
+        single = p.predict(**kw)
+        assert _diff("batched embedding", emb.features, p.get_image_embedding()) < 1e-5
+        assert emb.interm_features is not None and emb.interm_features.shape == (1, 192, 128, 128)
+        path = tmp_path / "e.safetensors"
+        p.get_embedding().save(path)
+        p.reset_image()
+        p.set_embedding(ImageEmbedding.load(path, image=image, model=model))
+        again = p.predict(**kw)
+        assert all(np.array_equal(a, b) for a, b in zip(again, single, strict=True))

@@ -158,8 +158,10 @@ class Sam2MaskDecoder(nn.Module):
             raise ValueError(
                 f"image_embeddings batch {image_embeddings.shape[0]} must be 1 or equal the prompt batch {B}"
             )
+        # Channels-last, the layout SAM 2's predictor hands the embedding over in: the decoder's arithmetic then
+        # rounds the same for a fresh embedding, one from a batch, or one reloaded from a file (contiguous).
+        src = image_embeddings.contiguous(memory_format=torch.channels_last)
         # one image for several prompts is repeated as the reference does (same values and memory layout)
-        src = image_embeddings
         if src.shape[0] != B:
             src = torch.repeat_interleave(src, B, dim=0)
         src = src + dense_prompt_embeddings
