@@ -10,7 +10,7 @@ trade exactness for speed, and each has its accuracy measured in `benchmarks/ben
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -44,6 +44,12 @@ class _Bf16Encoder(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return self.encoder(x).float()
 
+    def forward_with_interm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HQ-SAM's (embedding, early features), both in bf16 autocast like `forward`."""
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            emb, interm = self.encoder.forward_with_interm(x)  # type: ignore[operator]
+        return emb.float(), interm.float()
+
 
 def accelerate(model: Sam, mode: str) -> Sam:
     """Switch the image encoder of `model` (in place) to a fast path; returns the model for chaining.
@@ -64,6 +70,9 @@ def accelerate(model: Sam, mode: str) -> Sam:
     elif mode == "compile":
         compiled = torch.compile(enc, dynamic=False)
         compiled.img_size = enc.img_size  # type: ignore[attr-defined]
+        if model.is_hq:  # HQ-SAM encodes through forward_with_interm: compile that too
+            encode: Any = enc.forward_with_interm  # (no HQ model has a conv encoder)
+            compiled.forward_with_interm = torch.compile(encode, dynamic=False)  # type: ignore[attr-defined]
         model.image_encoder = compiled  # type: ignore[assignment]
     elif mode == "bf16":
         model.image_encoder = _Bf16Encoder(enc)  # type: ignore[assignment]

@@ -373,3 +373,39 @@ def test_mobile_sam_generator_same_masks_as_official() -> None:
         SamAutomaticMaskGenerator(ours, **settings).generate(image),
         OfficialGenerator(off, **settings).generate(image),
     )
+
+
+# ------------------------------------------------------------------------------------- predictor plumbing
+def test_hq_embedding_round_trip_accelerated_encoder_and_plain_refusal(tmp_path) -> None:
+    """An HQ model's saved embedding carries its early features (a reloaded one decodes the same), bf16
+    acceleration keeps them, and a plain model refuses hq_token_only."""
+    from segany.acceleration import accelerate
+    from segany.predictor import ImageEmbedding
+
+    model = build_sam(replace(TINY, hq_token=True))
+    load_weights_into(model, random_state_dict(model, seed=9))
+    p = SamPredictor(model)
+    image = _image(90, 130, seed=1)
+    kw = dict(point_coords=np.array([[40.0, 50.0]]), point_labels=np.array([1]), return_logits=True)
+    p.set_image(image)
+    ref = p.predict(**kw)
+    path = tmp_path / "hq.safetensors"
+    p.get_embedding().save(path)
+    q = SamPredictor(model)
+    q.set_embedding(ImageEmbedding.load(path), image)
+    assert q.interm_features is not None and torch.equal(q.interm_features, p.interm_features)
+    for a, b in zip(q.predict(**kw), ref, strict=True):  # a saved (contiguous) copy: float rounding only
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    (batched,) = p.embed_images([image])
+    assert batched.interm_features is not None
+    torch.testing.assert_close(batched.interm_features, p.interm_features, atol=1e-5, rtol=0)
+
+    fast = SamPredictor(accelerate(model, "bf16"))
+    fast.set_image(image)
+    assert fast.interm_features is not None and fast.interm_features.dtype == torch.float32
+    np.testing.assert_allclose(fast.predict(**kw)[2], ref[2], atol=0.5)  # bf16: loose
+
+    plain = SamPredictor(build_sam(TINY))
+    plain.set_image(image)
+    with pytest.raises(ValueError, match="HQ-SAM"):
+        plain.predict(point_coords=np.array([[40.0, 50.0]]), point_labels=np.array([1]), hq_token_only=True)
