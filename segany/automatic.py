@@ -199,6 +199,11 @@ class SamAutomaticMaskGenerator:
         if min_mask_region_area > 0:
             import cv2  # noqa: F401
 
+        if type(model).__name__ == "Sam2":
+            raise NotImplementedError(
+                "SamAutomaticMaskGenerator does not support SAM 2 models yet (their decoder is not SAM's); use "
+                "SamPredictor with them, or a SAM / MobileSAM / HQ-SAM model here"
+            )
         self.point_grids = grids
         self.predictor = SamPredictor(model)
         self.points_per_batch = points_per_batch
