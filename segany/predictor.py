@@ -422,6 +422,7 @@ class SamPredictor:
         self._image_sha256 = None
         self.features = None
         self.interm_features = None
+        self._hq_features: torch.Tensor | None = None  # HQ-SAM: `_hq_image_features`, once per image
         self.original_size = None
         self.input_size = None
 
@@ -653,7 +654,7 @@ class SamPredictor:
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
             hq_token_only=hq_token_only,
-            interm_embeddings=self.interm_features,
+            hq_features=self._hq_image_features(),
             **sam2_options,
         )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
@@ -663,6 +664,16 @@ class SamPredictor:
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
+
+    def _hq_image_features(self) -> torch.Tensor | None:
+        """HQ-SAM's image-side decoder features (`MaskDecoder.hq_features`), computed once per image: they do not
+        depend on the prompt (the official predictor recomputes them for every call). None for plain SAM."""
+        if self.interm_features is None:
+            return None
+        if self._hq_features is None:
+            assert self.features is not None
+            self._hq_features = self.model.mask_decoder.hq_features(self.features, self.interm_features)
+        return self._hq_features
 
     # ------------------------------------------------------------------ checks
     def _require_image(self) -> None:

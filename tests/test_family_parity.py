@@ -409,3 +409,33 @@ def test_hq_embedding_round_trip_accelerated_encoder_and_plain_refusal(tmp_path)
     plain.set_image(image)
     with pytest.raises(ValueError, match="HQ-SAM"):
         plain.predict(point_coords=np.array([[40.0, 50.0]]), point_labels=np.array([1]), hq_token_only=True)
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("kind", ["vit_t", "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny"])
+def test_every_name_is_a_cli_model_that_needs_a_checkpoint(kind: str) -> None:
+    from segany.build import OFFICIAL_CHECKPOINTS, check_kind, load_model
+
+    check_kind(kind)
+    with pytest.raises(ValueError, match=OFFICIAL_CHECKPOINTS[kind].replace(".", r"\.")):
+        load_model(kind)
+
+
+def test_cli_segments_with_an_official_layout_checkpoint(tmp_path) -> None:
+    """``segany segment --model hq_vit_tiny --checkpoint sam_hq_vit_tiny.pth`` end to end (random weights in
+    the official layout, classifier keys included)."""
+    import json
+
+    import cv2
+
+    from segany.cli import main
+
+    config = CONFIGS["hq_vit_tiny"]
+    ckpt = tmp_path / "sam_hq_vit_tiny.pth"
+    torch.save(random_state_dict(build_official(config), seed=11), ckpt)
+    img = tmp_path / "img.png"
+    cv2.imwrite(str(img), _image(120, 170, seed=3))
+    out = tmp_path / "out"
+    args = ["segment", str(img), "--point", "60,50", "--model", "hq_vit_tiny", "--checkpoint", str(ckpt)]
+    assert main([*args, "--out", str(out)]) == 0
+    assert len(json.loads((out / "masks.json").read_text())["masks"]) == 1  # HQ-SAM: one mask

@@ -12,7 +12,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="model kind: default (segany's shipped model), vit_b, vit_l, vit_h (need --checkpoint), tiny",
+        help="model kind: default (segany's shipped model); with --checkpoint (official weights): vit_b, vit_l, "
+        "vit_h (SAM), vit_t (MobileSAM), hq_vit_b, hq_vit_l, hq_vit_h, hq_vit_tiny (HQ-SAM), sam2.1_hiera_* "
+        "(SAM 2); tiny (test size)",
     )
     p.add_argument(
         "--checkpoint", default=None, help="weights file: .safetensors (preferred) or official .pth"

@@ -92,34 +92,37 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         hq_token_only: bool = False,
         interm_embeddings: torch.Tensor | None = None,
+        hq_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
           image_embeddings: 1×C×h×w (one image shared by all prompts) or B×C×h×w (one image per prompt).
           image_pe: 1×C×h×w; sparse: B×N×C; dense: B×C×h×w.
           hq_token_only, interm_embeddings: HQ decoders only: the HQ token's mask alone (else added to SAM's),
-            and the encoder's early features 1×h×w×C' or B×h×w×C' (`forward_with_interm`, channels last).
+            and the encoder's early features 1×h×w×C' or B×h×w×C' (`forward_with_interm`, channels last);
+            or instead of those, ``hq_features``: `hq_features` of this image, computed once (the predictor
+            caches it: it depends on the image only).
         Returns:
           low-res mask logits B×K×4h×4w and IoU predictions B×K. Plain SAM: K = 3 (multimask) or 1 (token 0).
           HQ: K = 1, with the best-scored multimask output's IoU prediction, or token 0's.
         """
         if not self.hq:
-            if hq_token_only or interm_embeddings is not None:
-                raise ValueError("hq_token_only and interm_embeddings need an HQ-SAM mask decoder")
+            if hq_token_only or interm_embeddings is not None or hq_features is not None:
+                raise ValueError(
+                    "hq_token_only, interm_embeddings and hq_features need an HQ-SAM mask decoder"
+                )
             masks, iou_pred = self.predict_masks(
                 image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
             )
             sl = slice(1, None) if multimask_output else slice(0, 1)
             return masks[:, sl], iou_pred[:, sl]
 
-        if interm_embeddings is None:
-            raise ValueError("an HQ-SAM decoder needs the encoder's early features (interm_embeddings)")
+        if hq_features is None:
+            if interm_embeddings is None:
+                raise ValueError("an HQ-SAM decoder needs the encoder's early features (interm_embeddings)")
+            hq_features = self.hq_features(image_embeddings, interm_embeddings)
         masks, iou_pred = self.predict_masks(
-            image_embeddings,
-            image_pe,
-            sparse_prompt_embeddings,
-            dense_prompt_embeddings,
-            self.hq_features(image_embeddings, interm_embeddings),
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, hq_features
         )
         n = self.num_mask_tokens
         if multimask_output:
