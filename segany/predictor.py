@@ -259,8 +259,9 @@ class SamPredictor:
     def __init__(self, sam_model: Sam, refiner: Callable[..., np.ndarray] | bool | None = None) -> None:
         """``refiner``: post-processing of `predict`'s boolean masks (`segany.masks.graphcut.GraphCutRefiner`).
 
-        None takes the model's own (``sam_model.mask_refiner``: the default model's graph cut; none for the
-        official checkpoints, whose masks stay identical to the official code's); False turns it off; True uses
+        None takes the model's own (``sam_model.mask_refiner``; none for every built-in model, so that the
+        predictor, the generator and the annotation page show the same mask for a prompt, and official
+        checkpoints' masks stay identical to the official code's); False turns it off; True uses
         a `GraphCutRefiner` with its defaults. It needs the image's pixels: it applies after `set_image`, or
         `set_embedding` given the image, not after `set_torch_image`; logits (``return_logits=True``) are never
         refined.
