@@ -57,6 +57,11 @@ class SamDecoderOnnx(nn.Module):
 
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()
+        if getattr(sam.mask_decoder, "hq", False):
+            raise ValueError(
+                "ONNX export of an HQ-SAM decoder is not supported (its HQ token needs the encoder's early "
+                "features, which the exported graph does not take); use SamPredictor, or a plain SAM model"
+            )
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
         size = self.prompt_encoder.input_image_size

@@ -439,3 +439,12 @@ def test_cli_segments_with_an_official_layout_checkpoint(tmp_path) -> None:
     args = ["segment", str(img), "--point", "60,50", "--model", "hq_vit_tiny", "--checkpoint", str(ckpt)]
     assert main([*args, "--out", str(out)]) == 0
     assert len(json.loads((out / "masks.json").read_text())["masks"]) == 1  # HQ-SAM: one mask
+
+
+def test_onnx_export_refuses_hq_decoders() -> None:
+    """The exported browser decoder has no early-features input: an HQ model is refused, not exported as SAM."""
+    from segany.onnx_export import SamDecoderOnnx
+
+    with pytest.raises(ValueError, match="HQ-SAM"):
+        SamDecoderOnnx(build_sam(replace(TINY, hq_token=True)))
+    SamDecoderOnnx(build_sam(TINY))
