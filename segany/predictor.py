@@ -648,6 +648,13 @@ class SamPredictor:
         if sam2_options and not hasattr(self.model.mask_decoder, "obj_score_token"):
             raise PromptError(f"{', '.join(sam2_options)}: SAM 2 models only")
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        # The encoder's extra features: HQ-SAM's early features (reduced once per image to the decoder's
+        # image-side HQ features), or SAM 2's high-resolution features, which its decoder takes as they are.
+        extra: dict[str, Any] = {}
+        if hasattr(self.model.mask_decoder, "hq_features"):
+            extra["hq_features"] = self._hq_image_features()
+        elif self.interm_features is not None:
+            extra["interm_embeddings"] = self.interm_features
         low_res, iou = self.model.mask_decoder(
             image_embeddings=self.features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
@@ -655,7 +662,7 @@ class SamPredictor:
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
             hq_token_only=hq_token_only,
-            hq_features=self._hq_image_features(),
+            **extra,
             **sam2_options,
         )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
