@@ -199,7 +199,9 @@ class SamAutomaticMaskGenerator:
         if min_mask_region_area > 0:
             import cv2  # noqa: F401
 
-        if type(model).__name__ == "Sam2":
+        from segany.modeling.sam2 import Sam2
+
+        if isinstance(model, Sam2):
             raise NotImplementedError(
                 "SamAutomaticMaskGenerator does not support SAM 2 models yet (their decoder is not SAM's); use "
                 "SamPredictor with them, or a SAM / MobileSAM / HQ-SAM model here"

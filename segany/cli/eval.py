@@ -42,7 +42,9 @@ def add_parser(subparsers: Any) -> None:
     )
     add_model_args(p)
     add_refine_arg(p)
-    p.add_argument("--max-clicks", type=int, default=20, help="points: clicks per object (20)")
+    p.add_argument(
+        "--max-clicks", type=int, default=None, help="points: clicks per object (20); validation: (5)"
+    )
     p.add_argument("--no-grabcut", action="store_true", help="points: skip the GrabCut baseline")
     p.add_argument(
         "--mask-kind",
@@ -115,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"segany eval: cannot load the model: {e}", file=sys.stderr)
         return 2
+    if args.max_clicks is None:  # the protocol's 20 clicks; the validation split's report stops at 5
+        args.max_clicks = 5 if args.kind == "validation" else 20
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     meta = report.run_metadata(args.model, args.checkpoint, args.data, settings)
     predictor = predictor_from_args(model, args)
@@ -166,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             args.data[0],
             folders,
             args.fraction if args.fraction is not None else VALIDATION_FRACTION,
-            max_clicks=min(args.max_clicks, 5) if args.max_clicks == 20 else args.max_clicks,
+            max_clicks=args.max_clicks,
             limit=args.limit,
             auto_images=args.auto_images,
             points_per_side=args.points_per_side or 32,

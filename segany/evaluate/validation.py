@@ -11,7 +11,8 @@ Four measurements, network alone (no post-process):
   the part and the whole person (IoU >= 0.5, two different masks), and how often the top-scored mask is one
   of them;
 * **background click** — after the first click, one negative click on the background near the object (the
-  interior-most background pixel of the object's box grown by a quarter per side): the mask must not shrink;
+  interior-most background pixel of the object's box grown as training grows it, `background_points`): the mask
+  must not shrink;
   the mean IoU before and after, and how often it falls by more than 0.05;
 * **automatic** — the generator's candidates (every grid point's three masks, no filter) on held-out images
   whose folders annotate every object or region (COCO, MSRC, BSDS500): masks per image and matched precision /
@@ -148,9 +149,13 @@ def background_click(predictor: Any, gt: np.ndarray) -> tuple[float, float] | No
     """IoU of the first click's top-scored mask, and of the answer once a negative click is added on the
     background near the object (previous logits fed back, as the click protocol does); None if the grown box
     holds no background."""
+    from segany.train.prompts import BACKGROUND_MARGIN_FRACTION, BACKGROUND_MARGIN_PX
+
     ys, xs = np.nonzero(gt)
-    h, w = gt.shape
-    my, mx = (ys.max() - ys.min() + 1) // 4 + 8, (xs.max() - xs.min() + 1) // 4 + 8
+    my, mx = (
+        int((ys.max() - ys.min() + 1) * BACKGROUND_MARGIN_FRACTION) + BACKGROUND_MARGIN_PX,
+        int((xs.max() - xs.min() + 1) * BACKGROUND_MARGIN_FRACTION) + BACKGROUND_MARGIN_PX,
+    )
     ring = np.zeros_like(gt)
     ring[max(0, ys.min() - my) : ys.max() + my + 1, max(0, xs.min() - mx) : xs.max() + mx + 1] = True
     ring &= ~gt
@@ -207,6 +212,16 @@ def _rle_of(masks: np.ndarray) -> list[dict[str, Any]]:
     return list(mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))))
 
 
+def _nms_xywh(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
+    """Indices kept by box NMS over XYWH boxes (the generator records' ``bbox``), best score first."""
+    import torch
+
+    from segany.masks.boxes import box_xywh_to_xyxy, nms
+
+    xyxy = box_xywh_to_xyxy(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    return nms(xyxy, torch.as_tensor(scores, dtype=torch.float32), thresh).numpy()
+
+
 def _greedy_matches(ious: np.ndarray, order: np.ndarray, thr: float) -> int:
     """Detections (rows, visited in ``order``) matched one-to-one to ground truths (columns) at IoU >= thr."""
     taken = np.zeros(ious.shape[1], dtype=bool)
@@ -229,10 +244,6 @@ def threshold_table(
     """Per (pred_iou_thresh, stability_score_thresh): masks per image, precision, recall and F1 at IoU 0.5 after
     the generator's filters and its box NMS, over images given as ``{"pred": [M], "stab": [M], "boxes": [M, 4]
     XYWH, "ious": [M, G] IoU with the ground truth}``."""
-    import torch
-
-    from segany.masks.boxes import nms
-
     rows = []
     for ti, ts in itertools.product(iou_grid, stability_grid):
         kept = hits = gts = 0
@@ -241,11 +252,7 @@ def threshold_table(
             gts += c["ious"].shape[1]
             if not len(keep):
                 continue
-            b = torch.as_tensor(c["boxes"][keep], dtype=torch.float32)
-            b[:, 2:] += b[:, :2]
-            survivors = keep[
-                nms(b, torch.as_tensor(c["pred"][keep], dtype=torch.float32), nms_thresh).numpy()
-            ]
+            survivors = keep[_nms_xywh(c["boxes"][keep], c["pred"][keep], nms_thresh)]
             kept += len(survivors)
             order = survivors[np.argsort(-c["pred"][survivors], kind="stable")]
             hits += _greedy_matches(c["ious"], order, MATCH_IOU)
@@ -278,6 +285,7 @@ def automatic_candidates(generator: Any, sample: Sample) -> tuple[dict[str, Any]
         else np.zeros((len(dt), len(gt)))
     )
     cand = {
+        "gt_rle": gt,
         "pred": np.array([r["predicted_iou"] for r in records], dtype=np.float64),
         "stab": np.array([r["stability_score"] for r in records], dtype=np.float64),
         "boxes": np.array([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4),
@@ -286,27 +294,26 @@ def automatic_candidates(generator: Any, sample: Sample) -> tuple[dict[str, Any]
     return cand, records
 
 
-def proposal_ar(samples_records: Sequence[tuple[Sample, list[dict[str, Any]]]]) -> dict[str, float]:
+def proposal_ar(
+    images_records: Sequence[tuple[tuple[int, int], list[dict[str, Any]], list[dict[str, Any]]]],
+) -> dict[str, float]:
     """AR@10/100/1000 (pycocotools, class-agnostic) of records ranked as the paper ranks proposals (box NMS 0.9,
-    mean of predicted IoU and stability), against each sample's masks."""
+    mean of predicted IoU and stability), per image ``((H, W), ground-truth RLEs, generator records)``."""
     import contextlib
     import io
 
-    import torch
+    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
     from segany.evaluate.proposals import evaluate_proposals, proposal_results, rank_proposals
-    from segany.masks.boxes import nms
 
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
-    for i, (s, recs) in enumerate(samples_records, start=1):
-        images.append({"id": i, "height": s.height, "width": s.width})
-        for r in _rle_of(s.masks):
+    for i, ((h, w), gt, recs) in enumerate(images_records, start=1):
+        images.append({"id": i, "height": h, "width": w})
+        for r in gt:
             seg = {"size": r["size"], "counts": r["counts"].decode("ascii")}
-            from pycocotools import mask as mask_utils
-
             area = float(mask_utils.area(r))
             bbox = [float(v) for v in mask_utils.toBbox(r)]
             anns.append(
@@ -314,10 +321,8 @@ def proposal_ar(samples_records: Sequence[tuple[Sample, list[dict[str, Any]]]]) 
                 | {"bbox": bbox, "iscrowd": 0}
             )
         if recs:
-            b = torch.tensor([r["bbox"] for r in recs], dtype=torch.float32)
-            b[:, 2:] += b[:, :2]
-            score = torch.tensor([(r["predicted_iou"] + r["stability_score"]) / 2 for r in recs])
-            recs = [recs[k] for k in nms(b, score, 0.9).tolist()]
+            score = np.array([(r["predicted_iou"] + r["stability_score"]) / 2 for r in recs])
+            recs = [recs[k] for k in _nms_xywh(np.array([r["bbox"] for r in recs]), score, 0.9)]
         results += proposal_results(i, rank_proposals(recs))
     coco = COCO()
     coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
@@ -388,7 +393,7 @@ def run_validation(
         for k, s in enumerate(chosen):
             c, recs = automatic_candidates(gen, s)
             cands.append(c)
-            pairs.append((s, recs))
+            pairs.append(((s.height, s.width), c["gt_rle"], recs))
             if progress is not None:
                 progress(f"automatic: {k + 1}/{len(chosen)} images")
         table = threshold_table(cands)

@@ -149,6 +149,13 @@ class Item:
         return Item(self.image.pin_memory(), self.masks.pin_memory(), self.source, others)
 
 
+def loss_frame(masks: np.ndarray, f: int) -> np.ndarray:
+    """Bool masks ``[M, H, W]`` at the loss resolution: area-downsampled by ``f`` (> 0.5), as the simulation's
+    ``gt_low``; a ragged border (H or W not a multiple of ``f``) is cropped."""
+    m, h, w = len(masks), masks.shape[1] // f, masks.shape[2] // f
+    return masks[:, : h * f, : w * f].reshape(m, h, f, w, f).mean(axis=(2, 4)) > 0.5
+
+
 def worker_init(worker_id: int) -> None:
     """One thread per data-loader worker: many workers x many OpenCV/torch threads only fight over cores.
 
@@ -197,10 +204,10 @@ class TrainItems(torch.utils.data.Dataset):
         keep = masks.reshape(len(masks), -1).sum(1) >= self.min_mask_pixels
         f = self.loss_stride
         if f > 1 and keep.any():
-            m, h, w = masks.shape
+            _, h, w = masks.shape
             if h % f == 0 and w % f == 0:
-                frac = masks[keep].reshape(-1, h // f, f, w // f, f).mean(axis=(2, 4))
-                keep[np.flatnonzero(keep)] = (frac > 0.5).reshape(len(frac), -1).any(1)
+                low = loss_frame(masks[keep], f)
+                keep[np.flatnonzero(keep)] = low.reshape(len(low), -1).any(1)
         return keep
 
     def __len__(self) -> int:
@@ -242,10 +249,8 @@ class TrainItems(torch.utils.data.Dataset):
         if not len(rest):
             return None
         rest = rest[np.argsort(-overlap[overlap > 0], kind="stable")[: self.max_others]]
-        f = self.loss_stride
-        m, h, w = len(rest), masks.shape[1] // f, masks.shape[2] // f
-        low = masks[rest][:, : h * f, : w * f].reshape(m, h, f, w, f).mean(axis=(2, 4)) > 0.5
-        low = low[low.reshape(m, -1).any(1)]
+        low = loss_frame(masks[rest], self.loss_stride)
+        low = low[low.reshape(len(low), -1).any(1)]
         return torch.from_numpy(np.ascontiguousarray(low)) if len(low) else None
 
 

@@ -33,6 +33,9 @@ from segany.train.losses import PAPER, LossWeights, SamLossOutput, sam_loss, sam
 BOX_NOISE_FRACTION = 0.1
 BOX_NOISE_CAP_PX = 20.0
 NEAR_DUPLICATE_IOU = 0.8  # another mask this close to the sampled one is the same answer, not a second one
+# "near the object" for background clicks: its box grown by this share of its side plus this many pixels per side
+BACKGROUND_MARGIN_FRACTION = 0.25
+BACKGROUND_MARGIN_PX = 8
 
 
 def _check_masks(gt: torch.Tensor) -> torch.Tensor:
@@ -174,8 +177,8 @@ def background_points(gt: torch.Tensor, generator: torch.Generator | None = None
     """
     n, h, w = gt.shape
     box = masks_to_boxes(gt)
-    mx = (box[:, 2] - box[:, 0] + 1) * 0.25 + 8
-    my = (box[:, 3] - box[:, 1] + 1) * 0.25 + 8
+    mx = (box[:, 2] - box[:, 0] + 1) * BACKGROUND_MARGIN_FRACTION + BACKGROUND_MARGIN_PX
+    my = (box[:, 3] - box[:, 1] + 1) * BACKGROUND_MARGIN_FRACTION + BACKGROUND_MARGIN_PX
     xs = torch.arange(w, device=gt.device, dtype=box.dtype)
     ys = torch.arange(h, device=gt.device, dtype=box.dtype)
     in_x = (xs[None] >= (box[:, 0] - mx)[:, None]) & (xs[None] <= (box[:, 2] + mx)[:, None])  # N x W
@@ -346,6 +349,11 @@ def simulate_interactive(
     if generator is not None and generator.device.type != dev.type:
         raise ValueError(f"generator on {generator.device} but the embedding is on {dev}")
 
+    if others is not None and (
+        others.dim() != 4 or others.shape[0] != n or others.shape[-2:] != gt_low.shape[-2:]
+    ):
+        raise ValueError(f"others must be [{n}, A, h, w] at the loss resolution, got {tuple(others.shape)}")
+
     use_box = torch.rand(n, generator=generator, device=dev) < 0.5
     groups: list[tuple[torch.Tensor, _Group]] = []  # (indices into the N masks, group)
     box_idx = torch.nonzero(use_box).squeeze(1)
@@ -364,10 +372,6 @@ def simulate_interactive(
         groups.append(
             (pt_idx, _Group(image_index[pt_idx], gt[pt_idx], gt_low[pt_idx], None, pts, lbl, grp_others))
         )
-    if others is not None and (
-        others.dim() != 4 or others.shape[0] != n or others.shape[-2:] != gt_low.shape[-2:]
-    ):
-        raise ValueError(f"others must be [{n}, A, h, w] at the loss resolution, got {tuple(others.shape)}")
 
     image_pe = prompt_encoder.get_dense_pe()
     schedule = [True] + round_schedule(schedule_generator, n_points, n_empty)
