@@ -4,7 +4,9 @@ are zero at init and would otherwise hide relative-position bugs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,56 +15,73 @@ from segany.build import SamConfig, build_sam
 from segany.modeling import Sam
 
 
-def build_official(config: SamConfig) -> nn.Module:
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        TwoWayTransformer,
-    )
-    from segment_anything.modeling import (
-        Sam as OfficialSam,
+def official_vit(c: SamConfig, modeling: Any) -> nn.Module:
+    """The official ViT image encoder of ``c`` from ``modeling`` (``segment_anything.modeling`` or a package with
+    the same classes, such as ``segment_anything_hq.modeling``)."""
+    return modeling.ImageEncoderViT(
+        depth=c.encoder_depth,
+        embed_dim=c.encoder_embed_dim,
+        img_size=c.image_size,
+        mlp_ratio=c.encoder_mlp_ratio,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_heads=c.encoder_num_heads,
+        patch_size=c.patch_size,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=c.encoder_global_attn_indexes,
+        window_size=c.window_size,
+        out_chans=c.prompt_embed_dim,
     )
 
-    c = config
-    grid = c.image_size // c.patch_size
-    model = OfficialSam(
-        image_encoder=ImageEncoderViT(
-            depth=c.encoder_depth,
-            embed_dim=c.encoder_embed_dim,
-            img_size=c.image_size,
-            mlp_ratio=c.encoder_mlp_ratio,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            num_heads=c.encoder_num_heads,
-            patch_size=c.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=c.encoder_global_attn_indexes,
-            window_size=c.window_size,
-            out_chans=c.prompt_embed_dim,
+
+def official_decoder_args(c: SamConfig, modeling: Any) -> dict[str, Any]:
+    """The official mask decoder's constructor arguments for ``c`` (its two-way transformer from ``modeling``)."""
+    return dict(
+        num_multimask_outputs=3,
+        transformer=modeling.TwoWayTransformer(
+            depth=c.decoder_depth,
+            embedding_dim=c.prompt_embed_dim,
+            mlp_dim=c.decoder_mlp_dim,
+            num_heads=c.decoder_num_heads,
         ),
-        prompt_encoder=PromptEncoder(
+        transformer_dim=c.prompt_embed_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=c.iou_head_hidden_dim,
+    )
+
+
+def assemble_official(
+    c: SamConfig, modeling: Any, image_encoder: nn.Module, make_decoder: Callable[[], nn.Module]
+) -> nn.Module:
+    """The official ``Sam`` of ``modeling`` around the given encoder, with ``c``'s prompt encoder, the decoder
+    ``make_decoder`` builds and ``c``'s pixel statistics, in eval mode (as the official builders leave it).
+
+    The modules are built in the official builders' order (encoder, prompt encoder, decoder), so that tests that
+    keep some of the default initialisation draw the same random numbers."""
+    grid = c.image_size // c.patch_size
+    model = modeling.Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=modeling.PromptEncoder(
             embed_dim=c.prompt_embed_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(c.image_size, c.image_size),
             mask_in_chans=c.mask_in_chans,
         ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=c.decoder_depth,
-                embedding_dim=c.prompt_embed_dim,
-                mlp_dim=c.decoder_mlp_dim,
-                num_heads=c.decoder_num_heads,
-            ),
-            transformer_dim=c.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=c.iou_head_hidden_dim,
-        ),
+        mask_decoder=make_decoder(),
         pixel_mean=list(c.pixel_mean),
         pixel_std=list(c.pixel_std),
     )
     return model.eval()
+
+
+def build_official(config: SamConfig) -> nn.Module:
+    import segment_anything.modeling as modeling
+
+    c = config
+    encoder = official_vit(c, modeling)
+    return assemble_official(
+        c, modeling, encoder, lambda: modeling.MaskDecoder(**official_decoder_args(c, modeling))
+    )
 
 
 def randomize_(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:

@@ -15,9 +15,9 @@ segany always does.
 from __future__ import annotations
 
 import warnings
-from functools import partial
 
 import torch
+from oracle import assemble_official, official_decoder_args, official_vit
 from torch import nn
 
 from segany.build import SamConfig, build_sam
@@ -59,74 +59,25 @@ def _official_tiny_vit(c: SamConfig, embedding_only: bool) -> nn.Module:
 def build_official(config: SamConfig) -> nn.Module:
     """The official model of a vit / tiny_vit config, plain (MobileSAM / SAM) or with the HQ token; eval mode."""
     c = config
-    grid = c.image_size // c.patch_size
     if c.hq_token:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from segment_anything_hq.modeling import (
-                ImageEncoderViT,
-                MaskDecoderHQ,
-                PromptEncoder,
-                TwoWayTransformer,
-            )
-            from segment_anything_hq.modeling import (
-                Sam as OfficialSam,
-            )
+            import segment_anything_hq.modeling as modeling
     else:
-        from segment_anything.modeling import (
-            ImageEncoderViT,
-            MaskDecoder,
-            PromptEncoder,
-            TwoWayTransformer,
-        )
-        from segment_anything.modeling import (
-            Sam as OfficialSam,
-        )
+        import segment_anything.modeling as modeling
     if c.encoder_type == "tiny_vit":
         encoder = _official_tiny_vit(c, embedding_only=not c.hq_token)
         vit_dim = c.encoder_dims[2]
     else:
-        encoder = ImageEncoderViT(
-            depth=c.encoder_depth,
-            embed_dim=c.encoder_embed_dim,
-            img_size=c.image_size,
-            mlp_ratio=c.encoder_mlp_ratio,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            num_heads=c.encoder_num_heads,
-            patch_size=c.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=c.encoder_global_attn_indexes,
-            window_size=c.window_size,
-            out_chans=c.prompt_embed_dim,
-        )
+        encoder = official_vit(c, modeling)
         vit_dim = c.encoder_embed_dim
-    decoder_args = dict(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(
-            depth=c.decoder_depth,
-            embedding_dim=c.prompt_embed_dim,
-            mlp_dim=c.decoder_mlp_dim,
-            num_heads=c.decoder_num_heads,
-        ),
-        transformer_dim=c.prompt_embed_dim,
-        iou_head_depth=3,
-        iou_head_hidden_dim=c.iou_head_hidden_dim,
-    )
-    decoder = MaskDecoderHQ(**decoder_args, vit_dim=vit_dim) if c.hq_token else MaskDecoder(**decoder_args)
-    model = OfficialSam(
-        image_encoder=encoder,
-        prompt_encoder=PromptEncoder(
-            embed_dim=c.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(c.image_size, c.image_size),
-            mask_in_chans=c.mask_in_chans,
-        ),
-        mask_decoder=decoder,
-        pixel_mean=list(c.pixel_mean),
-        pixel_std=list(c.pixel_std),
-    )
-    return model.eval()  # as the official builders: eval mode before the weights are loaded
+
+    def decoder() -> nn.Module:
+        args = official_decoder_args(c, modeling)
+        return modeling.MaskDecoderHQ(**args, vit_dim=vit_dim) if c.hq_token else modeling.MaskDecoder(**args)
+
+    # eval mode before the weights are loaded, as the official builders do
+    return assemble_official(c, modeling, encoder, decoder)
 
 
 def random_state_dict(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
