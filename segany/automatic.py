@@ -18,6 +18,12 @@ counts, one-to-one IoU and scores against it on random weights), arranged to do 
 Fixes of official 1.0 bugs: NMS categories are created on the boxes' device (1.0 creates them on the CPU) and
 prompt coordinates reach the model as float32 (1.0 sends float64, which fails on Apple MPS).
 
+SAM 2 models (``sam2*_hiera_*``) take the path of ``SAM2AutomaticMaskGenerator`` instead of the grid decoder: each
+batch of points through SAM 2's decoder (with its high-resolution features), SAM 2's filter defaults and options
+(``multimask_output``, ``use_m2m``) and its low-resolution clean-up for ``min_mask_region_area``; the records are
+bit-identical to the official ones (``tests/test_sam2_generator.py``). The IoU filter still runs before any mask
+is upsampled.
+
 ``fast=True`` (opt-in) also pre-screens the stability score on the low-resolution logits, with a margin, before
 upsampling; kept masks are still exact, but a few borderline masks can be lost (see ``benchmarks``).
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -36,7 +42,7 @@ import torch.nn.functional as F
 
 from segany.masks.boxes import box_xyxy_to_xywh, boxes_near_crop_edge, masks_to_boxes, nms
 from segany.masks.grid import build_all_layer_point_grids, generate_crop_boxes
-from segany.masks.quality import remove_small_regions, stability_score
+from segany.masks.quality import fill_small_components, remove_small_regions, stability_score
 from segany.masks.rle import counts_to_coco_string, masks_to_rle_counts
 from segany.modeling import Sam
 from segany.modeling.common import LayerNorm2d
@@ -142,8 +148,16 @@ class SamAutomaticMaskGenerator:
         max_mask_area_fraction: float | None = None,
         fast: bool = False,
         hq_token_only: bool = False,
+        mask_threshold: float | None = None,
+        multimask_output: bool = True,
+        use_m2m: bool = False,
     ) -> None:
         """Generate masks for a whole image from a grid of point prompts (defaults chosen for ViT-H).
+
+        With a SAM 2 model (``sam2*_hiera_*``) this is ``SAM2AutomaticMaskGenerator``: its filter defaults
+        (predicted IoU 0.8, stability 0.95, the model's ``generator_defaults``), every grid point decoded on its
+        own through SAM 2's decoder, and ``min_mask_region_area`` applied as SAM 2 does it (small holes and specks
+        of the low-res logits, before upsampling; no full-resolution pass).
 
         Arguments (official):
           model: the SAM model.
@@ -168,6 +182,10 @@ class SamAutomaticMaskGenerator:
           fast: screen stability at low resolution first (faster; may lose a few borderline masks).
           hq_token_only: HQ-SAM models: use the HQ token's mask alone (official default False: SAM's best mask
             plus the HQ token's). An HQ model gives one mask per point, as the official HQ-SAM generator.
+          mask_threshold: logit threshold of the masks and of the stability score; None: the model's (0.0).
+        SAM 2's generator options (SAM 2 models only, official defaults):
+          multimask_output: three masks per point (True) or one, with SAM 2's dynamic fallback.
+          use_m2m: decode every mask once more with its own low-res logits as the mask prompt.
         """
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("Exactly one of points_per_side or point_grids must be provided.")
@@ -177,8 +195,15 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        if hq_token_only and not model.is_hq:
+        from segany.modeling.sam2 import Sam2
+
+        self.is_sam2 = isinstance(model, Sam2)
+        if hq_token_only and not getattr(model, "is_hq", False):
             raise ValueError("hq_token_only needs an HQ-SAM model (hq_vit_*)")
+        if (use_m2m or not multimask_output) and not self.is_sam2:
+            raise ValueError(
+                "use_m2m and multimask_output=False are SAM 2 generator options (sam2*_hiera_* models)"
+            )
         if max_mask_area_fraction is not None and not 0 < max_mask_area_fraction <= 1:
             raise ValueError(f"max_mask_area_fraction must be in (0, 1], got {max_mask_area_fraction}")
         if points_per_side is not None:
@@ -199,13 +224,6 @@ class SamAutomaticMaskGenerator:
         if min_mask_region_area > 0:
             import cv2  # noqa: F401
 
-        from segany.modeling.sam2 import Sam2
-
-        if isinstance(model, Sam2):
-            raise NotImplementedError(
-                "SamAutomaticMaskGenerator does not support SAM 2 models yet (their decoder is not SAM's); use "
-                "SamPredictor with them, or a SAM / MobileSAM / HQ-SAM model here"
-            )
         self.point_grids = grids
         self.predictor = SamPredictor(model)
         self.points_per_batch = points_per_batch
@@ -229,6 +247,9 @@ class SamAutomaticMaskGenerator:
         self.max_mask_area_fraction = max_mask_area_fraction
         self.fast = fast
         self.hq_token_only = hq_token_only
+        self.mask_threshold = float(model.mask_threshold if mask_threshold is None else mask_threshold)
+        self.multimask_output = multimask_output
+        self.use_m2m = use_m2m
         # seconds spent per stage in the last `generate` call (encoder, decoder, filter+nms, rle)
         self.timings: dict[str, float] = {}
         # what the last `generate` call's filters did (`explain_empty` turns it into a sentence)
@@ -292,7 +313,8 @@ class SamAutomaticMaskGenerator:
         data, crop_boxes = self._generate_masks(image)
         image_size = (image.shape[0], image.shape[1])
         with _Timer(self.timings, "filter_nms"):
-            if self.min_mask_region_area > 0 and len(data):
+            # SAM 2 cleans small regions at low resolution instead (`_sam2_upsample`)
+            if self.min_mask_region_area > 0 and len(data) and not self.is_sam2:
                 data = self._postprocess_small_regions(
                     data,
                     image_size,
@@ -325,58 +347,39 @@ class SamAutomaticMaskGenerator:
         im_h, im_w = image.shape[:2]
         crop = image[y0:y1, x0:x1, :]
         h, w = crop.shape[:2]
-        model = self.predictor.model
         with _Timer(self.timings, "encoder"):
             self.predictor.set_image(crop)
-        features = self.predictor.features
         input_size = self.predictor.input_size
-        assert features is not None and input_size is not None
-        device = features.device
-
-        # float64 points in the crop frame, for the records; the model gets float32 (official 1.0 sends float64)
+        assert input_size is not None
+        # the points in the crop frame, for the records: float64 (SAM), float32 (SAM 2's generator rounds them)
         points = self.point_grids[layer] * np.array([[w, h]], dtype=np.float64)
-        coords = torch.as_tensor(self.predictor.transform.apply_coords(points, (h, w)), dtype=torch.float32)
-        coords = coords.to(device)
+        if self.is_sam2:
+            points = points.astype(np.float32)
+        if self.is_sam2:
+            candidates = self._sam2_candidates(points, (h, w))
+            valid_lowres: Callable[[torch.Tensor], torch.Tensor] = _identity
+            upsample = self._sam2_upsample
+        else:
+            decoder, candidates = self._sam_candidates(points, (h, w))
+            valid_lowres = decoder.valid_lowres
+            img_size = self.predictor.model.image_encoder.img_size
 
-        with _Timer(self.timings, "decoder"):
-            decoder = _GridDecoder(
-                model, features, input_size, self.predictor.interm_features, self.hq_token_only
-            )
-        mask_thr = float(model.mask_threshold)
+            def upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+                return _upsample(low, img_size, input_size, size)
+
+        mask_thr = self.mask_threshold
+        fc = self.filter_counts
         boxes_l, iou_l, stab_l, pidx_l, packed_l = [], [], [], [], []
-        for start in range(0, len(points), self.points_per_batch):
-            with _Timer(self.timings, "decoder"):
-                queries, keys = decoder.transformer_tokens(coords[start : start + self.points_per_batch])
-                iou = decoder.iou(queries)  # B x 3
-                n_pts = iou.shape[0]
-                pidx = torch.arange(start, start + n_pts, device=device)[:, None].expand(-1, iou.shape[1])
-                # The IoU filter needs no mask: upscale only prompts with at least one mask above it.
-                keep = (
-                    iou > self.pred_iou_thresh
-                    if self.pred_iou_thresh > 0.0
-                    else torch.ones_like(iou, dtype=torch.bool)
-                )
-                any_kept = keep.any(dim=1)
-                fc = self.filter_counts
-                fc["candidates"] += iou.numel()
-                fc["passed_iou"] += int(keep.sum())
-                if iou.numel():
-                    fc["max_predicted_iou"] = max(fc["max_predicted_iou"], float(iou.max()))
-                low = decoder.masks(queries[any_kept], keys[any_kept])
-                del queries, keys
+        for low, iou, pidx in candidates:
             with _Timer(self.timings, "filter_nms"):
-                keep = keep[any_kept].flatten()  # point-major, as the official order
-                low = low.flatten(0, 1)[keep]
-                iou = iou[any_kept].flatten()[keep]
-                pidx = pidx[any_kept].flatten()[keep]
                 if self.fast and self.stability_score_thresh > 0.0 and len(low):
-                    rough = stability_score(decoder.valid_lowres(low), mask_thr, self.stability_score_offset)
+                    rough = stability_score(valid_lowres(low), mask_thr, self.stability_score_offset)
                     keep = rough >= self.stability_score_thresh - _FAST_STABILITY_MARGIN
                     low, iou, pidx = low[keep], iou[keep], pidx[keep]
                 # Upsample in chunks so full-resolution logits never take more than ~256 MB at once.
                 chunk = max(1, (64 << 20) // max(1, h * w))
                 for c0 in range(0, len(low), chunk):
-                    logits = _upsample(low[c0 : c0 + chunk], model.image_encoder.img_size, input_size, (h, w))
+                    logits = upsample(low[c0 : c0 + chunk], (h, w))
                     stab = stability_score(logits, mask_thr, self.stability_score_offset)
                     ciou, cpidx = iou[c0 : c0 + chunk], pidx[c0 : c0 + chunk]
                     if len(stab):
@@ -411,7 +414,8 @@ class SamAutomaticMaskGenerator:
             pidx = torch.cat(pidx_l) if pidx_l else torch.zeros(0, dtype=torch.int64)
             keep = nms(boxes, ious, self.box_nms_thresh)  # duplicates within the crop
             offset = torch.tensor([x0, y0, x0, y0], dtype=torch.int64)
-            pts = torch.from_numpy(points)[pidx[keep]] + torch.tensor([x0, y0], dtype=torch.float64)
+            grid = torch.from_numpy(points)  # offset in the grid's dtype, as the official generators add it
+            pts = (grid[pidx[keep]] + torch.tensor([x0, y0], dtype=grid.dtype)).to(torch.float64)
             return _MaskSet(
                 stores=[_Store(packed[keep.numpy()], x0, y0, h, w)],
                 store_of=torch.zeros(len(keep), dtype=torch.int64),
@@ -422,6 +426,126 @@ class SamAutomaticMaskGenerator:
                 stability=stabs[keep],
                 points=pts.reshape(-1, 2),
             )
+
+    def _sam_candidates(
+        self, points: np.ndarray, size: tuple[int, int]
+    ) -> tuple[_GridDecoder, Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """SAM / MobileSAM / HQ-SAM: the grid decoder of the image set on the predictor, and per batch of points
+        the low-res logits (K x s x s), predicted IoUs and point indices of the masks that pass the IoU filter."""
+        features, input_size = self.predictor.features, self.predictor.input_size
+        assert features is not None and input_size is not None
+        # the model gets float32 points (official 1.0 sends float64, which fails on Apple MPS)
+        coords = torch.as_tensor(self.predictor.transform.apply_coords(points, size), dtype=torch.float32)
+        coords = coords.to(features.device)
+        with _Timer(self.timings, "decoder"):
+            decoder = _GridDecoder(
+                self.predictor.model, features, input_size, self.predictor.interm_features, self.hq_token_only
+            )
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            for start in range(0, len(points), self.points_per_batch):
+                with _Timer(self.timings, "decoder"):
+                    queries, keys = decoder.transformer_tokens(coords[start : start + self.points_per_batch])
+                    iou = decoder.iou(queries)  # B x 3
+                    n_pts = iou.shape[0]
+                    pidx = torch.arange(start, start + n_pts, device=iou.device)[:, None].expand(
+                        -1, iou.shape[1]
+                    )
+                    # The IoU filter needs no mask: upscale only prompts with at least one mask above it.
+                    keep = self._iou_keep(iou)
+                    any_kept = keep.any(dim=1)
+                    low = decoder.masks(queries[any_kept], keys[any_kept])
+                    del queries, keys
+                with _Timer(self.timings, "filter_nms"):
+                    keep = keep[any_kept].flatten()  # point-major, as the official order
+                    yield (
+                        low.flatten(0, 1)[keep],
+                        iou[any_kept].flatten()[keep],
+                        pidx[any_kept].flatten()[keep],
+                    )
+
+        return decoder, batches()
+
+    def _iou_keep(self, iou: torch.Tensor) -> torch.Tensor:
+        """The predicted-IoU filter (everything when it is off), counted for `explain_empty`."""
+        keep = (
+            iou > self.pred_iou_thresh
+            if self.pred_iou_thresh > 0.0
+            else torch.ones_like(iou, dtype=torch.bool)
+        )
+        fc = self.filter_counts
+        fc["candidates"] += iou.numel()
+        fc["passed_iou"] += int(keep.sum())
+        if iou.numel():
+            fc["max_predicted_iou"] = max(fc["max_predicted_iou"], float(iou.max()))
+        return keep
+
+    def _sam2_candidates(
+        self, points: np.ndarray, size: tuple[int, int]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """SAM 2, as ``SAM2AutomaticMaskGenerator``: per batch of points, the low-res logits (K x s x s, not
+        clamped), predicted IoUs and point indices of the masks that pass the IoU filter.
+
+        Each point is decoded on its own as SAM 2's image predictor does (multimask by default; with ``use_m2m``
+        every mask is decoded again with its point and its clamped low-res logits as the mask prompt, single-mask
+        with SAM 2's dynamic fallback, before the IoU filter). ``points`` are float32, as the official generator
+        rounds them, and are mapped to the model frame in float32 as it does.
+        """
+        device = self.predictor.device
+        h, w = size
+        side = self.predictor.model.image_size
+        limit = float(getattr(self.predictor.model, "low_res_logit_limit", 32.0))
+        for start in range(0, len(points), self.points_per_batch):
+            with _Timer(self.timings, "decoder"):
+                pts = torch.as_tensor(points[start : start + self.points_per_batch], device=device)
+                coords = pts.clone()
+                coords[:, 0] = coords[:, 0] / w
+                coords[:, 1] = coords[:, 1] / h
+                coords = coords * side
+                low, iou = self._sam2_decode(coords, None, self.multimask_output)
+                k = low.shape[1]
+                pidx = torch.arange(start, start + len(pts), device=device).repeat_interleave(k)
+                low, iou = low.flatten(0, 1), iou.flatten(0, 1)
+                if self.use_m2m:
+                    prompts = torch.clamp(low, -limit, limit)[:, None]
+                    again = coords.repeat_interleave(k, dim=0)
+                    refined = [
+                        self._sam2_decode(
+                            again[i : i + self.points_per_batch],
+                            prompts[i : i + self.points_per_batch],
+                            False,
+                        )
+                        for i in range(0, len(again), self.points_per_batch)
+                    ]
+                    low = torch.cat([r[0] for r in refined])[:, 0]
+                    iou = torch.cat([r[1] for r in refined])[:, 0]
+                keep = self._iou_keep(iou)
+            yield low[keep], iou[keep], pidx[keep]
+
+    def _sam2_decode(
+        self, coords: torch.Tensor, mask_input: torch.Tensor | None, multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One foreground point per prompt (B x 2, model frame) -> (low-res logits B x K x s x s, IoU B x K)."""
+        model = self.predictor.model
+        labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=coords.device)
+        sparse, dense = model.prompt_encoder(
+            points=(coords[:, None, :], labels), boxes=None, masks=mask_input
+        )
+        return model.mask_decoder(
+            image_embeddings=self.predictor.features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            interm_embeddings=self.predictor.interm_features,
+        )
+
+    def _sam2_upsample(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """K x s x s low-res logits -> K x H x W, as SAM 2's predictor: small holes and specks removed at low
+        resolution first when ``min_mask_region_area`` > 0 (`fill_small_components`), then one bilinear resize."""
+        if self.min_mask_region_area > 0 and len(low):
+            low = fill_small_components(low, self.mask_threshold, self.min_mask_region_area)
+        return F.interpolate(low[:, None].float(), size, mode="bilinear", align_corners=False)[:, 0]
 
     def _postprocess_small_regions(
         self, data: _MaskSet, image_size: tuple[int, int], min_area: int, nms_thresh: float
@@ -530,6 +654,10 @@ def _upsample(
     x = F.interpolate(x, (rows * scale, cols * scale), mode="bilinear", align_corners=False)
     x = x[..., : input_size[0], : input_size[1]]
     return F.interpolate(x, out_size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class _Timer:
