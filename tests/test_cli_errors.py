@@ -136,6 +136,11 @@ def test_other_commands_report_expected_errors_in_one_line(files, tmp_path, caps
         == 2
     )
     assert "needs --checkpoint" in _error_line(capsys.readouterr().err)
+    from segany.build import DEFAULT_WEIGHTS
+
+    wrong = ["--model", "tiny", "--checkpoint", str(DEFAULT_WEIGHTS), "--no-progress"]
+    assert main(["auto", str(files["img"]), "--out", str(tmp_path / "a"), *wrong]) == 2
+    assert "missing key(s)" in _error_line(capsys.readouterr().err)
 
 
 def test_embedding_of_another_image_is_refused_by_segment(files, tmp_path, capsys):

@@ -20,6 +20,7 @@ import sys
 import traceback
 from typing import Any
 
+from segany.cli.errors import is_expected
 from segany.cli.model_args import add_model_args
 
 # (flag, generator parameter, type, help) for every official SamAutomaticMaskGenerator option exposed here.
@@ -153,9 +154,9 @@ def run(args: argparse.Namespace) -> int:
     except batch.BatchError as exc:
         print(f"segany auto: error: {exc}", file=sys.stderr)
         return 2
-    except (
-        Exception
-    ) as exc:  # the job could not run (e.g. model load): exit 2, never 1 ("some inputs failed")
+    except Exception as exc:  # the job could not run: exit 2, never 1 ("some inputs failed")
+        if is_expected(exc):
+            raise  # a bad checkpoint or model name: `segany.cli.main` reports it as one line (--debug: all)
         traceback.print_exc()
         print(f"segany auto: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
