@@ -10,13 +10,20 @@ from pathlib import Path
 HELP = """Export the light part of SAM that runs on every click (prompt encoder, mask decoder, upsampling of the
 masks to the original image size) to ONNX, with a dynamic number of points. The image embedding is not part of
 it: compute it with `segany embed` or the annotation server. Inputs and outputs are listed in
-segany/onnx_export.py; the graph is run once with onnxruntime after export as a check."""
+segany/onnx_export.py (SAM, MobileSAM) and segany/onnx_export_sam2.py (SAM 2, which also takes the encoder's
+high-resolution features); the graph is run once with onnxruntime after export as a check. HQ-SAM models are
+refused: their HQ token needs the encoder's early features, which no exported graph takes."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export-onnx", help="export the prompt encoder + mask decoder to ONNX",
                               description=HELP)  # fmt: skip
-    p.add_argument("--model", default="default", help="model kind: default, vit_b, vit_l, vit_h, tiny")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model kind: default, vit_b, vit_l, vit_h, vit_t (MobileSAM), sam2.1_hiera_* / sam2_hiera_* "
+        "(SAM 2), tiny; not hq_vit_* (HQ-SAM)",
+    )
     p.add_argument("--checkpoint", default=None, help="weights for --model (.safetensors or .pth)")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
     p.add_argument("--quantize", action="store_true",
@@ -32,19 +39,33 @@ def run(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     from segany.build import check_kind, sam_model_registry
+    from segany.cli.errors import CommandError
     from segany.cli.model_args import model_errors
+    from segany.modeling.sam2 import Sam2
     from segany.onnx_export import dummy_inputs, export_decoder
+    from segany.onnx_export_sam2 import export_sam2_decoder, sam2_dummy_inputs
 
     with model_errors():  # a wrong --model or --checkpoint: one error line (segany.cli), nothing written
         check_kind(args.model)
         sam = sam_model_registry[args.model](checkpoint=args.checkpoint).eval()
+    if getattr(sam.mask_decoder, "hq", False):
+        raise CommandError(
+            f"--model {args.model}: HQ-SAM's decoder cannot be exported (its HQ token needs the encoder's early "
+            "features, which the exported graph does not take); use `segany segment` / SamPredictor with it, or "
+            "export a plain SAM, MobileSAM (vit_t) or SAM 2 model"
+        )
     t0 = time.perf_counter()
-    info = export_decoder(sam, args.out, opset=args.opset, quantize=args.quantize)
+    if isinstance(sam, Sam2):
+        info = export_sam2_decoder(sam, args.out, opset=args.opset, quantize=args.quantize)
+        dummy = sam2_dummy_inputs(sam)
+    else:
+        info = export_decoder(sam, args.out, opset=args.opset, quantize=args.quantize)
+        dummy = dummy_inputs(sam)
     info["export_seconds"] = round(time.perf_counter() - t0, 2)
     sess = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
-    feeds = {k: v.numpy().astype(np.float32) for k, v in dummy_inputs(sam).items()}
+    feeds = {k: v.numpy().astype(np.float32) for k, v in dummy.items()}
     t0 = time.perf_counter()
-    masks, iou, _ = sess.run(None, feeds)
+    masks = sess.run(None, feeds)[0]
     info["check_run_ms"] = round(1000 * (time.perf_counter() - t0), 1)
     info["check_masks_shape"] = list(masks.shape)
     print(json.dumps(info, indent=2))
