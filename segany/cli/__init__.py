@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "engine": "engine",
     "train": "train",
     "eval": "eval",
+    "calibrate": "calibrate",
 }
 
 
