@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from segany.build import CONFIGS, SamConfig
+from segany.build_sam2 import Sam2Config
 
 CONFIG_METADATA_KEY = "segany_config"
 GENERATOR_METADATA_KEY = "segany_generator_defaults"  # JSON: the automatic generator's recommended filters
@@ -265,14 +266,32 @@ def save_safetensors(
             os.unlink(tmp)
 
 
-def convert(src: str | Path, dst: str | Path, kind: str | None = None) -> SamConfig:
-    """Convert an official `.pth` into `.safetensors`, validated against the architecture it claims."""
+def convert(src: str | Path, dst: str | Path, kind: str | None = None) -> SamConfig | Sam2Config:
+    """Convert an official `.pth` / `.pt` into `.safetensors`, validated against the architecture it claims.
+
+    SAM, MobileSAM and HQ-SAM files get their `SamConfig` embedded (the file alone then says what to build);
+    SAM 2 files (``sam2*_hiera_*``, kind inferred from the keys and shapes when not given) keep their own key
+    layout, video-memory weights included, and load back through their registry name
+    (``--model sam2.1_hiera_tiny --checkpoint FILE.safetensors``).
+    """
     from segany.build import build_sam
+    from segany.build_sam2 import SAM2_CONFIGS, build_sam2
 
     state_dict = load_state_dict(src)
+    if kind is None and any(k.startswith("image_encoder.trunk.") for k in state_dict):
+        kind = infer_sam2_kind(state_dict, src)
+    if kind in SAM2_CONFIGS:
+        sam2_config = SAM2_CONFIGS[kind]
+        with torch.device("meta"):
+            sam2 = build_sam2(sam2_config)
+        check_state_dict(sam2, state_dict, src)
+        save_safetensors(dst, state_dict)
+        return sam2_config
     kind = kind or infer_kind(state_dict)
     if kind not in CONFIGS:
-        raise CheckpointError(f"unknown model kind {kind!r}; choose one of {sorted(CONFIGS)}")
+        raise CheckpointError(
+            f"unknown model kind {kind!r}; choose one of {sorted(CONFIGS) + sorted(SAM2_CONFIGS)}"
+        )
     config = CONFIGS[kind]
     with torch.device("meta"):
         model = build_sam(config)
@@ -280,3 +299,22 @@ def convert(src: str | Path, dst: str | Path, kind: str | None = None) -> SamCon
     check_state_dict(model, state_dict, src)
     save_safetensors(dst, state_dict, config)
     return config
+
+
+def infer_sam2_kind(state_dict: Mapping[str, torch.Tensor], source: str | Path | None = None) -> str:
+    """The SAM 2 / 2.1 registry name whose model takes exactly this state_dict (each is built on the meta device:
+    no memory, and the strict check decides, so sizes and the 2 / 2.1 video-memory keys are told apart)."""
+    from segany.build_sam2 import SAM2_CONFIGS, build_sam2
+
+    for name, config in SAM2_CONFIGS.items():
+        with torch.device("meta"):
+            model = build_sam2(config)
+        try:
+            check_state_dict(model, state_dict, source)
+        except CheckpointError:
+            continue
+        return name
+    raise CheckpointError(
+        f"{source}: a SAM 2 state_dict (image_encoder.trunk.*) that fits none of {', '.join(SAM2_CONFIGS)}; name "
+        "the model with --model to see which keys differ"
+    )

@@ -319,6 +319,16 @@ def test_official_files_load(tmp_path: Path):
     }
     torch.save({"model": sd2}, tmp_path / "sam2_hiera_tiny.pt")
     sam_model_registry["sam2_hiera_tiny"](checkpoint=tmp_path / "sam2_hiera_tiny.pt")
+    # `segany convert`: the kind inferred from the keys (2.1 vs 2 by the video-memory weights), the layout kept
+    from segany.checkpoint import convert
+
+    out = tmp_path / "converted.safetensors"
+    assert convert(wrapped, out) == SAM2_CONFIGS["sam2.1_hiera_tiny"]
+    model = sam_model_registry["sam2.1_hiera_tiny"](checkpoint=out)
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+    assert convert(tmp_path / "sam2_hiera_tiny.pt", out) == SAM2_CONFIGS["sam2_hiera_tiny"]
+    with pytest.raises(CheckpointError, match="no_obj_embed_spatial"):
+        convert(wrapped, out, "sam2_hiera_tiny")
 
 
 def test_malformed_video_memory_weight_is_named():

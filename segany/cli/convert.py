@@ -17,16 +17,26 @@ def add_parser(sub: Any) -> None:
     p.add_argument("src", help="input .pth (or .safetensors)")
     p.add_argument("dst", help="output .safetensors")
     p.add_argument(
-        "--model", default=None, help="vit_b, vit_l or vit_h (inferred from the weights if omitted)"
+        "--model",
+        default=None,
+        help="vit_b, vit_l, vit_h, vit_t, hq_vit_b/l/h/tiny, sam2.1_hiera_* or sam2_hiera_* (inferred from the "
+        "weights if omitted)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from segany.build import CONFIGS, SamConfig
+    from segany.build_sam2 import SAM2_CONFIGS
     from segany.checkpoint import convert
     from segany.cli.errors import CommandError
 
     if not str(args.dst).endswith(".safetensors"):
         raise CommandError("the output file must end in .safetensors")
     config = convert(args.src, args.dst, args.model)
-    print(f"wrote {args.dst} (encoder {config.encoder_embed_dim}-d × {config.encoder_depth} blocks)")
+    if isinstance(config, SamConfig):  # embedded in the file, which alone then says what to build
+        kind = args.model or next(k for k, c in CONFIGS.items() if c == config)
+        print(f"wrote {args.dst} ({kind}, architecture config embedded)")
+    else:  # SAM 2: the official layout, loaded through its registry name
+        kind = args.model or next(k for k, c in SAM2_CONFIGS.items() if c == config)
+        print(f"wrote {args.dst} ({kind}; load it with --model {kind} --checkpoint {args.dst})")
     return 0
