@@ -3,8 +3,10 @@ traversal, upload caps, XSS payloads, validation, optimistic concurrency, idempo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import onnx
 import pytest
 from engine_harness import PASSWORD, make_images, rect_rle
 from fastapi.testclient import TestClient
+from patience import PATIENCE_S
 from PIL import Image
 from pycocotools import mask as mask_utils
 from sqlalchemy import text
@@ -25,6 +28,8 @@ BASE = "https://testserver"  # https so that the Secure session cookie is sent b
 
 def _settings(tmp_path: Path, **kw) -> EngineSettings:
     kw.setdefault("admin_password", PASSWORD)
+    # No background embeddings unless a test asks for them (they would add cache files).
+    kw.setdefault("prefetch_ahead", 0)
     return EngineSettings(
         image_dir=tmp_path / "images",
         data_dir=tmp_path / "data",
@@ -393,3 +398,161 @@ def test_cli_refuses_to_start_without_password(tmp_path: Path, monkeypatch, caps
         assert annotate.run(args) == 2
     out = capsys.readouterr().out
     assert "no admin password" in out and "local-only" in out
+
+
+# ---- readiness: page assets, background prefetch, pre-fill progress ------------------------------------------
+
+
+def test_server_start_refuses_missing_page_assets(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without build.sh the page's runtime would 404 in the browser and nothing would say so: refused at start."""
+    import argparse
+    import shutil
+
+    from segany.cli import annotate
+    from segany.engine import app as engine_app
+
+    web = tmp_path / "static"
+    shutil.copytree(engine_app.WEB_DIR, web, ignore=shutil.ignore_patterns("vendor"))
+    missing = engine_app.missing_web_assets(web)
+    assert "vendor/ort/ort.wasm.min.mjs" in missing and "vendor/ort/ort-wasm-simd-threaded.wasm" in missing
+    assert "app.js" not in missing and "style.css" not in missing
+    with pytest.raises(ConfigError, match=r"bash \S*segany/engine/web/build\.sh"):
+        engine_app.check_web_assets(web)
+
+    make_images(tmp_path / "images")
+    monkeypatch.setattr(engine_app, "WEB_DIR", web)
+    monkeypatch.setenv("SEGANY_ADMIN_PASSWORD", PASSWORD)
+    p = argparse.ArgumentParser()
+    annotate.add_parser(p.add_subparsers())
+    args = p.parse_args(
+        ["annotate", str(tmp_path / "images"), "--data-dir", str(tmp_path / "d"), "--model", "tiny"]
+    )
+    assert annotate.run(args) == 2
+    out = capsys.readouterr().out
+    assert "assets are missing" in out and "segany/engine/web/build.sh" in out and "ort.wasm.min.mjs" in out
+
+
+def test_build_script_copies_every_runtime_file_the_page_loads() -> None:
+    """The start-up check and build.sh agree: every vendor file the page names is one build.sh copies."""
+    import re
+
+    from segany.engine import app as engine_app
+
+    script = engine_app.BUILD_SCRIPT.read_text()
+    copied = {f"vendor/ort/{name}" for name in re.search(r"for f in ([^;]+);", script).group(1).split()}
+    needed = {rel for rel in engine_app.web_assets() if rel.startswith("vendor/")}
+    assert needed and needed <= copied, needed - copied
+
+
+def _wait_for(calls: list, timeout: float = PATIENCE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not calls:
+        assert time.monotonic() < deadline, "never called"
+        time.sleep(0.01)
+
+
+def test_prefetch_computes_the_next_images_embedding(tmp_path: Path) -> None:
+    """Opening an image queues the next ones (the page's order); the next request then reads the cached file."""
+    paths = make_images(tmp_path / "images", [(120, 200), (96, 160), (80, 80)])
+    shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    app = create_app(_settings(tmp_path, prefetch_ahead=1))
+    model = app.state.model
+    c = TestClient(app, base_url=BASE)
+    c.headers["Authorization"] = (
+        "Bearer "
+        + c.post("/api/login", json={"username": "admin", "password": PASSWORD, "bearer": True}).json()[
+            "token"
+        ]
+    )
+    images = c.get("/api/projects/1/images").json()
+    assert [im["file_name"] for im in images] == [p.name for p in paths]
+    first = c.get(f"/api/images/{images[0]['id']}/embedding")
+    assert first.status_code == 200
+    assert model.prefetch_idle(PATIENCE_S)
+    assert model.prefetched == [shas[1]]  # the next image only (prefetch_ahead=1), not the one after
+    nxt = model.embedding_path(shas[1])
+    assert nxt.exists() and not model.embedding_path(shas[2]).exists()
+    stamp = nxt.stat().st_mtime_ns
+    second = c.get(f"/api/images/{images[1]['id']}/embedding")
+    assert second.status_code == 200 and nxt.stat().st_mtime_ns == stamp  # served from the prefetch
+    assert np.frombuffer(second.content, "<f4").size == 32 * 16 * 16
+    assert model.prefetch_idle(PATIENCE_S)
+    assert model.prefetched == [shas[1], shas[2]]  # and opening it queued the one after
+    model.close()
+
+
+def test_prefetch_gives_way_and_never_computes_twice(tmp_path: Path) -> None:
+    """A prefetch dropped from the queue stops; an on-demand request for the image being prefetched waits for it
+    instead of computing it again."""
+    import threading
+
+    from segany.engine.model import ModelService
+
+    model = ModelService(ModelSpec(kind="tiny"), tmp_path / "cache")
+    rgb = np.full((64, 64, 3), 90, np.uint8)
+    gate, calls = threading.Event(), []
+
+    def slow(name: str):
+        def load() -> np.ndarray:
+            calls.append(name)
+            assert gate.wait(PATIENCE_S)
+            return rgb
+
+        return load
+
+    model.prefetch([("a" * 64, slow("a"))])
+    _wait_for(calls)  # the worker is loading image a
+    model.prefetch([("b" * 64, lambda: rgb)])  # the annotator moved elsewhere: a is no longer wanted
+    gate.set()
+    assert model.prefetch_idle(PATIENCE_S)
+    assert not model.embedding_path("a" * 64).exists() and model.prefetched == ["b" * 64]
+
+    gate.clear()
+    calls.clear()
+    model.prefetch([("c" * 64, slow("c"))])
+    _wait_for(calls)
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(model.embedding("c" * 64, slow("c-on-demand"))))
+    t.start()
+    gate.set()
+    t.join(PATIENCE_S)
+    assert got and calls == ["c"]  # computed once, by the prefetch the request waited for
+    assert model.prefetch_idle(PATIENCE_S) and model.prefetched == ["b" * 64, "c" * 64]
+    model.close()
+
+
+def test_prefill_reports_progress(tmp_path: Path) -> None:
+    """While the POST runs, GET .../prefill/progress counts the grid points decoded (the page shows n/N)."""
+    import threading
+
+    make_images(tmp_path / "images")
+    app = create_app(
+        _settings(tmp_path, prefill_points_per_side=4, prefill_iou_thresh=0.0, prefill_stability_thresh=0.0)
+    )
+    c = TestClient(app, base_url=BASE)
+    c.headers["Authorization"] = (
+        "Bearer "
+        + c.post("/api/login", json={"username": "admin", "password": PASSWORD, "bearer": True}).json()[
+            "token"
+        ]
+    )
+    assert c.get("/api/images/1/prefill/progress").json() == {"running": False, "done": 0, "total": 0}
+    seen: list[tuple[int, int]] = []
+    real = app.state.model.prefill
+
+    def observed(*a, progress=None, **kw):
+        def spy(done: int, total: int) -> None:
+            progress(done, total)
+            seen.append(tuple(c.get("/api/images/1/prefill/progress").json().values())[1:])
+
+        return real(*a, progress=spy, **kw)
+
+    app.state.model.prefill = observed
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(c.post("/api/images/1/prefill")))
+    t.start()
+    t.join(PATIENCE_S)
+    assert out and out[0].status_code == 200
+    assert seen[0] == (0, 16) and seen[-1] == (16, 16) and len(seen) >= 3
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert c.get("/api/images/1/prefill/progress").json()["running"] is False

@@ -141,6 +141,84 @@ def _box_background_point_cycle_and_keys(server: Server, browser) -> None:
     page.close()
 
 
+def _under_cursor(page, sx: float, sy: float, w: int = 200, h: int = 120) -> tuple[float, float]:
+    """The image pixel the displayed (w x h) image shows at screen point (sx, sy), from the image element's box."""
+    b = page.locator("#image").bounding_box()
+    return (sx - b["x"]) / b["width"] * w, (sy - b["y"]) / b["height"] * h
+
+
+def _zoom_pan_click_maps_to_image_pixel(server: Server, browser) -> None:
+    """Fit to the window at load; wheel zoom keeps the pixel under the cursor; Space+drag and the middle button pan
+    without adding prompts; a click at any zoom/pan saves the image pixel it was on, and its mark and the mask
+    canvas stay over the image."""
+    image_id = _image_id(server, "img0.png")  # 120 x 200
+    page = _new_page(browser)
+    page.set_viewport_size({"width": 1100, "height": 700})
+    _login(page, server, image_id=image_id)
+    stage = page.locator("#stage").bounding_box()
+    img = page.locator("#image").bounding_box()
+    assert page.evaluate("window.seganyView.fit") is True
+    # Fit: the 200 x 120 image fills the stage's width or height (scaled up from natural size) and is centred.
+    assert abs(img["width"] - stage["width"]) < 1.5 or abs(img["height"] - stage["height"]) < 1.5
+    assert img["width"] > 200 * 1.5
+    assert abs((img["x"] - stage["x"]) * 2 + img["width"] - stage["width"]) < 2
+
+    # Wheel zoom around the cursor: the image pixel under it stays there.
+    cx, cy = img["x"] + 0.7 * img["width"], img["y"] + 0.4 * img["height"]
+    before = _under_cursor(page, cx, cy)
+    page.mouse.move(cx, cy)
+    for _ in range(3):
+        page.mouse.wheel(0, -240)
+    _wait_until(page, "window.seganyView.s > 1.5 * %f" % (img["width"] / 200))
+    after = _under_cursor(page, cx, cy)
+    assert abs(after[0] - before[0]) < 0.5 and abs(after[1] - before[1]) < 0.5, (before, after)
+    s = page.evaluate("window.seganyView.s")
+
+    # Pan with Space+drag, then with the middle button: the view moves by the drag, no prompt is added.
+    n = page.evaluate("window.seganyStats.decodeMs.length")
+    tx0 = page.evaluate("window.seganyView.tx")
+    page.keyboard.down(" ")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx - 120, cy - 40, steps=4)
+    page.mouse.up()
+    page.keyboard.up(" ")
+    page.mouse.move(cx - 120, cy - 40)
+    page.mouse.down(button="middle")
+    page.mouse.move(cx - 150, cy - 40, steps=3)
+    page.mouse.up(button="middle")
+    assert abs(page.evaluate("window.seganyView.tx") - (tx0 - 150)) < 1
+    assert page.evaluate("window.seganyStats.decodeMs.length") == n
+    assert page.locator("#mask-index").text_content() == "–"
+
+    # The mask canvas is laid over the image at this zoom, and a click lands on the pixel it shows.
+    ov, img = page.locator("#overlay").bounding_box(), page.locator("#image").bounding_box()
+    assert all(abs(ov[k] - img[k]) < 0.5 for k in ("x", "y", "width", "height")), (ov, img)
+    target = (120.5, 55.5)  # inside the bright rectangle (x 50..150, y 30..90)
+    sx, sy = img["x"] + target[0] / 200 * img["width"], img["y"] + target[1] / 120 * img["height"]
+    assert stage["x"] < sx < stage["x"] + stage["width"] and stage["y"] < sy < stage["y"] + stage["height"]
+    page.mouse.click(sx, sy)
+    _wait_until(page, f"window.seganyStats.decodeMs.length > {n}")
+    # The prompt's mark is drawn where the click was (green), at screen resolution.
+    rgb = page.evaluate(
+        """([x, y]) => { const c = document.getElementById('marks'); const r = c.getBoundingClientRect();
+        const d = window.devicePixelRatio || 1;
+        return Array.from(c.getContext('2d').getImageData(Math.round((x - r.left) * d), Math.round((y - r.top) * d), 1, 1).data); }""",
+        [sx, sy],
+    )
+    assert rgb[1] > 150 and rgb[0] < 60 and rgb[3] == 255, rgb
+    page.keyboard.press("a")
+    _wait_until(page, "document.querySelectorAll('#masks li').length >= 1")
+    with server.client() as c:
+        saved = c.get(f"/api/images/{image_id}/annotations").json()[-1]
+    (p,) = saved["prompts"]
+    assert abs(p["x"] - target[0]) <= 1 / s and abs(p["y"] - target[1]) <= 1 / s, (p, target, s)
+
+    page.keyboard.press("f")  # back to fit
+    assert page.evaluate("window.seganyView.fit") is True
+    page.close()
+
+
 def _image_id(server: Server, name: str) -> int:
     with server.client() as c:
         return next(im["id"] for im in c.get("/api/projects/1/images").json() if im["file_name"] == name)
@@ -201,6 +279,7 @@ def test_annotation_page_in_chromium(server: Server, browser, tmp_path: Path) ->
     _click_accept_undo_reload(server, browser)
     _box_background_point_cycle_and_keys(server, browser)
     _xss_file_name_rendered_as_text(server, browser)
+    _zoom_pan_click_maps_to_image_pixel(server, browser)
     _upload_caps_and_xss_name(server, browser, tmp_path)
     page = _new_page(browser)
     times = _decode_times(page, server, 10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
+import time
 from pathlib import Path
 
 HELP = """Serve a browser annotation tool for the images in IMAGE_DIR: click foreground/background points or drag a
@@ -33,6 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--project", default=None, help="project name (default: the folder's name)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="upload size cap in MiB")
     p.add_argument("--max-megapixels", type=float, default=50.0, help="upload pixel cap")
+    p.add_argument("--prefetch", type=int, default=3, metavar="N",
+                   help="compute the embeddings of the next N images in the background (default 3; 0: off)")  # fmt: skip
     p.add_argument("--dev", action="store_true",
                    help="local-only dev mode: 127.0.0.1 only; random admin password if none is set")  # fmt: skip
 
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from segany.engine import ConfigError, EngineSettings, create_app
+    from segany.engine.app import check_web_assets, prefetch_order
     from segany.engine.model import ModelSpec, ModelUnavailable
     from segany.engine.settings import PASSWORD_ENV
 
@@ -65,22 +68,28 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=int(args.max_megapixels * 1e6),
         project_name=args.project,
+        prefetch_ahead=args.prefetch,
     )
     try:
+        settings.check()
+        check_web_assets()  # a page whose runtime 404s would fail silently in the browser
         app = create_app(settings)
     except ConfigError as err:
         print(f"error: {err}")
         return 2
     model = app.state.model
 
-    def warm_up() -> None:
-        try:
-            model.warm_up()
-        except ModelUnavailable as err:
-            print(f"warning: {err}; pages will show the error until this is fixed", flush=True)
-
-    # Build the model and export the browser decoder while the person opens the page.
-    threading.Thread(target=warm_up, name="segany-warm-up", daemon=True).start()
+    # Ready when the image is: the model is built and its browser decoder exported (cached on disk under the
+    # weights' hash) before the server listens, so no page or embedding request waits for them.
+    t0 = time.perf_counter()
+    print("preparing the model (the decoder export is cached after the first start)…", flush=True)
+    try:
+        model.warm_up()
+        print(f"model {model.key} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        # The first images the page will open, in its order, computed in the background.
+        model.prefetch(prefetch_order(app.state.engine, settings, app.state.project_id, after=None))
+    except ModelUnavailable as err:
+        print(f"warning: {err}; pages will show the error until this is fixed", flush=True)
     print(f"segany annotate: http://{args.host}:{args.port}/  (user {settings.admin_user!r})", flush=True)
     if settings.generated_password:
         print(f"dev mode: this run's admin password is {settings.admin_password}", flush=True)

@@ -9,6 +9,10 @@ the model. The OpenAPI schema is at ``/api/openapi.json``.
 import json
 import logging
 import mimetypes
+import re
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -37,14 +41,20 @@ from segany.engine.schemas import (
     MemberIn,
     ModelInfo,
     PrefillOut,
+    PrefillProgress,
     ProjectIn,
     ProjectOut,
     UserIn,
 )
-from segany.engine.settings import EngineSettings
+from segany.engine.settings import ConfigError, EngineSettings
 
 log = logging.getLogger("segany.engine")
 WEB_DIR = Path(__file__).parent / "web" / "static"
+BUILD_SCRIPT = WEB_DIR.parent / "build.sh"
+# onnxruntime-web's wasm runtime: loaded by ort itself (by file name), so no page script names it.
+ORT_RUNTIME_FILES = ("vendor/ort/ort-wasm-simd-threaded.mjs", "vendor/ort/ort-wasm-simd-threaded.wasm")
+# A quoted path the page loads from the static folder: "./x.js", "./vendor/ort/y.mjs", "/static/z.css", ...
+_ASSET_REF = re.compile(r"[\"'](\./|/static/)([\w][\w./-]*\.(?:m?js|wasm|css))[\"'?#]")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
@@ -109,6 +119,89 @@ def import_image_dir(engine: Any, settings: EngineSettings, project_id: int) -> 
     return added
 
 
+def web_assets(web_dir: Path | None = None) -> set[str]:
+    """The files the page loads, relative to the static folder: index.html and every path it and the scripts it
+    loads name (imports, workers, stylesheets; followed from index.html), and onnxruntime-web's runtime."""
+    web_dir = web_dir or WEB_DIR
+    wanted, todo = {*ORT_RUNTIME_FILES}, ["index.html"]
+    while todo:
+        rel = todo.pop()
+        if rel in wanted and rel != "index.html":
+            continue
+        wanted.add(rel)
+        src = web_dir / rel
+        if rel.startswith("vendor/") or not src.is_file() or src.suffix == ".wasm":
+            continue  # third-party files are not scanned (their runtime files are listed above)
+        for prefix, ref in _ASSET_REF.findall(src.read_text(encoding="utf-8")):
+            path = ref if prefix == "/static/" else (Path(rel).parent / ref).as_posix()
+            if path not in wanted:
+                todo.append(path)
+    return wanted
+
+
+def missing_web_assets(web_dir: Path | None = None) -> list[str]:
+    """`web_assets` that are not there (empty once `build.sh` has been run)."""
+    web_dir = web_dir or WEB_DIR
+    return sorted(rel for rel in web_assets(web_dir) if not (web_dir / rel).is_file())
+
+
+def check_web_assets(web_dir: Path | None = None) -> None:
+    """Refuse to serve a page that cannot run: raises `ConfigError` naming the missing files and the fix."""
+    web_dir = web_dir or WEB_DIR
+    missing = missing_web_assets(web_dir)
+    built = [rel for rel in missing if rel.startswith("vendor/")]
+    if built:
+        try:
+            script = BUILD_SCRIPT.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            script = BUILD_SCRIPT.resolve()
+        raise ConfigError(
+            f"the annotation page's assets are missing ({', '.join(built)} in {web_dir}); build them with: "
+            f"bash {script}  (needs node/npm; copies onnxruntime-web into static/vendor/)"
+        )
+    if missing:
+        raise ConfigError(
+            f"the annotation page's files {', '.join(missing)} are missing from {web_dir} (named by its scripts "
+            "or HTML): a broken install or checkout; reinstall segany"
+        )
+
+
+def prefetch_order(
+    engine: Any, settings: EngineSettings, project_id: int, after: int | None
+) -> list[tuple[str, Callable[[], Any]]]:
+    """The next ``settings.prefetch_ahead`` images the page opens, as ``(sha256, load_rgb)`` for
+    `ModelService.prefetch`: those after image ``after`` in the project's order ("Done" opens the next), or,
+    with ``after=None``, the first image not done (where the page starts) and those after it."""
+    if settings.prefetch_ahead <= 0:
+        return []
+    images = [img for img, _ in store.list_images(engine, project_id)]
+    if after is None:
+        start = next((i for i, img in enumerate(images) if not img.done), 0)
+        chosen = images[start : start + settings.prefetch_ahead]
+    else:
+        at = next((i for i, img in enumerate(images) if img.id == after), None)
+        chosen = [] if at is None else images[at + 1 : at + 1 + settings.prefetch_ahead]
+    return [(img.sha256, _rgb_loader(settings, img)) for img in chosen]
+
+
+def _image_file(settings: EngineSettings, img: Image) -> Path | None:
+    root = settings.image_dir if img.storage == "dir" else settings.data_dir / "media"
+    return media.resolve(root, img.rel_path)
+
+
+def _rgb_loader(settings: EngineSettings, img: Image) -> Callable[[], Any]:
+    path, name = _image_file(settings, img), img.file_name
+
+    def load() -> Any:
+        if path is None:
+            raise FileNotFoundError(f"image file of {name!r} missing")
+        return media.decode(
+            path.read_bytes(), max_pixels=settings.max_pixels, max_bytes=1 << 40, name=name
+        ).rgb
+
+    return load
+
+
 def create_app(settings: EngineSettings) -> FastAPI:
     """Build the app: open (and create) the database, set the admin account, import IMAGE_DIR."""
     settings.check()
@@ -126,8 +219,16 @@ def create_app(settings: EngineSettings) -> FastAPI:
     model = ModelService(settings.model, settings.data_dir / "cache")
     media_dir = settings.data_dir / "media"
     throttle = security.LoginThrottle()
+    prefills: dict[int, tuple[int, int]] = {}  # image id -> (points done, total) of a running pre-fill
+    prefills_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        model.close()  # stop background prefetching
 
     app = FastAPI(
+        lifespan=lifespan,
         title="segany annotation engine",
         version="1",
         openapi_url="/api/openapi.json",
@@ -140,6 +241,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
     app.state.engine = engine
     app.state.settings = settings
     app.state.model = model
+    app.state.project_id = project_id
 
     @app.exception_handler(store.NotFound)
     async def _not_found(_r: Request, _e: store.NotFound) -> JSONResponse:
@@ -301,8 +403,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
         store.set_done(engine, image_id, body.done)
 
     def image_path(img: Image) -> Path:
-        root = settings.image_dir if img.storage == "dir" else media_dir
-        path = media.resolve(root, img.rel_path)
+        path = _image_file(settings, img)
         if path is None:
             raise HTTPException(404, "image file missing")
         return path
@@ -321,6 +422,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
     def embedding(image_id: DbId, who: Who) -> Response:
         img = store.image_for(engine, who, image_id)
         data = model.embedding(img.sha256, lambda: load_rgb(img))
+        # The images the annotator meets next: computed in the background while this one is annotated.
+        model.prefetch(prefetch_order(engine, settings, img.project_id, after=img.id))
         shape = ",".join(map(str, model.info()["embedding_shape"]))
         return Response(data, media_type="application/octet-stream",
                         headers={"X-Embedding-Shape": shape, "Cache-Control": "private, max-age=3600"})  # fmt: skip
@@ -394,12 +497,22 @@ def create_app(settings: EngineSettings) -> FastAPI:
         img = store.image_for(engine, who, image_id)
         created, seconds = 0, 0.0
         if not store.prefill_done(engine, image_id):
-            masks, seconds = model.prefill(
-                load_rgb(img),
-                settings.prefill_points_per_side,
-                settings.prefill_iou_thresh,
-                settings.prefill_stability_thresh,
-            )  # fmt: skip
+
+            def progress(done: int, total: int) -> None:
+                with prefills_lock:
+                    prefills[image_id] = (done, total)
+
+            try:
+                masks, seconds = model.prefill(
+                    load_rgb(img),
+                    settings.prefill_points_per_side,
+                    settings.prefill_iou_thresh,
+                    settings.prefill_stability_thresh,
+                    progress=progress,
+                )  # fmt: skip
+            finally:
+                with prefills_lock:
+                    prefills.pop(image_id, None)
             rows = []
             for m in masks:
                 seg = m["segmentation"]
@@ -412,6 +525,16 @@ def create_app(settings: EngineSettings) -> FastAPI:
             created = store.save_prefill(engine, image_id, model.key, rows, seconds)
         anns = [_annotation_out(a, c, img) for a, c in store.annotations_of(engine, image_id)]
         return PrefillOut(created=created, seconds=seconds, annotations=anns)
+
+    @app.get("/api/images/{image_id}/prefill/progress")
+    def prefill_progress(image_id: DbId, who: Who) -> PrefillProgress:
+        """How far a running pre-fill of this image is (the page polls this while its POST runs)."""
+        store.image_for(engine, who, image_id)
+        with prefills_lock:
+            running = prefills.get(image_id)
+        if running is None:
+            return PrefillProgress(running=False, done=0, total=0)
+        return PrefillProgress(running=True, done=running[0], total=running[1])
 
     # ---- export and model -----------------------------------------------------------------------------------
 

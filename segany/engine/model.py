@@ -3,25 +3,63 @@ stage-2 pre-fill masks.
 
 The model is an operator setting (``--model``/``--checkpoint``); nothing a client sends selects or loads a model
 file. Torch is imported only when the first embedding, decoder or pre-fill is asked for, so the server starts
-(and restarts after a crash) in about a second.
+(and restarts after a crash) in about a second; `segany annotate` then calls `ModelService.warm_up` before it
+listens, so the first page never waits for the model or the decoder export.
+
+Embeddings the annotator will need next are computed in the background (`ModelService.prefetch`): one at a time,
+at the lowest CPU priority, giving way to on-demand requests (a prefetch for another image stops at its next
+encoder layer) and never computed twice (an on-demand request for the image being prefetched waits for it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import importlib.util
 import io
+import logging
 import os
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger("segany.engine")
+
 
 class ModelUnavailable(RuntimeError):
     """The configured model cannot be built (missing or invalid weights); the API answers 503."""
+
+
+class _Cancelled(Exception):
+    """A background prefetch gave way: an on-demand request for another image, or it left the queue."""
+
+
+def _lowest_priority() -> None:
+    """Nice 19 for the calling thread (Linux: per thread; threads it starts, e.g. torch's pool, inherit it)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def decoder_export_tag() -> str:
+    """Names the exporter that made a cached decoder: the hash of ``segany/onnx_export.py`` and segany's version.
+
+    The cache folder is already keyed by the weights' hash; this tag makes a new exporter (an upgrade) write a new
+    file instead of serving an export made by the old one.
+    """
+    import segany
+
+    spec = importlib.util.find_spec("segany.onnx_export")
+    h = hashlib.sha256(segany.__version__.encode())
+    if spec is not None and spec.origin is not None:
+        h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -80,6 +118,19 @@ class ModelService:
         self._lock = threading.Lock()
         self._compute_lock = threading.Lock()  # one heavy torch job at a time: the machine has few cores
         self._item_locks: dict[str, threading.Lock] = {}
+        # Background prefetch (see `prefetch`); `_cond` guards the fields below.
+        self._cond = threading.Condition()
+        self._queue: list[
+            tuple[str, Callable[[], Any]]
+        ] = []  # pending, in the order the annotator meets them
+        self._demanded: Counter[str] = (
+            Counter()
+        )  # images whose on-demand embedding request is waiting or running
+        self._prefetching: str | None = None
+        self._stop_current = False
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.prefetched: list[str] = []  # images the prefetcher computed (for tests and benchmarks)
 
     @property
     def key(self) -> str:
@@ -124,7 +175,12 @@ class ModelService:
             return self._sam
 
     def warm_up(self) -> None:
-        """Build the model and export the decoder now (the CLI runs this in the background at start)."""
+        """Hash the weights, build the model and export the decoder (if not cached) now.
+
+        `segany annotate` runs this before it listens, so no request waits for it; the export is cached on disk
+        under the weights' hash and the exporter's tag (`decoder_export_tag`), so later starts skip it.
+        """
+        self.info()
         self.decoder_path()
 
     def info(self) -> dict[str, Any]:
@@ -138,7 +194,8 @@ class ModelService:
 
     def decoder_path(self) -> Path:
         """The exported browser decoder, written once per model key."""
-        name = "decoder.int8.onnx" if self.spec.quantize_decoder else "decoder.onnx"
+        tag = decoder_export_tag()
+        name = f"decoder-{tag}.int8.onnx" if self.spec.quantize_decoder else f"decoder-{tag}.onnx"
         path = self._dir("onnx") / name
         with self._item_lock("decoder"):
             if not path.exists():
@@ -148,28 +205,140 @@ class ModelService:
                     export_decoder(self.sam(), path, quantize=self.spec.quantize_decoder)
         return path
 
-    def embedding(self, image_sha: str, load_rgb: Any) -> bytes:
+    def embedding_path(self, image_sha: str) -> Path:
+        return self._dir("embeddings") / f"{image_sha}.npy"
+
+    def embedding(self, image_sha: str, load_rgb: Callable[[], Any]) -> bytes:
         """Float32 embedding bytes (C order, shape ``info()['embedding_shape']``) of one image.
 
-        ``load_rgb`` is called only on a cache miss; concurrent requests for the same image compute it once.
+        ``load_rgb`` is called only on a cache miss; concurrent requests for the same image compute it once, and
+        a request for an image the prefetcher is computing waits for that instead of starting again.
         """
-        path = self._dir("embeddings") / f"{image_sha}.npy"
-        with self._item_lock(f"emb:{image_sha}"):
-            if not path.exists():
-                import torch
-
-                from segany.predictor import SamPredictor
-
-                rgb = load_rgb()
-                with self._compute_lock, torch.inference_mode():
-                    predictor = SamPredictor(self.sam())
-                    predictor.set_image(rgb)
-                    emb = predictor.get_image_embedding().cpu().numpy().astype(np.float32)
-                buf = io.BytesIO()
-                np.save(buf, emb, allow_pickle=False)
-                _atomic_write(path, buf.getvalue())
+        path = self.embedding_path(image_sha)
+        if not path.exists():
+            with self._cond:
+                self._demanded[image_sha] += 1
+                self._queue = [q for q in self._queue if q[0] != image_sha]
+            try:
+                self._compute_embedding(image_sha, load_rgb, path, cancel=None)
+            finally:
+                with self._cond:
+                    self._demanded[image_sha] -= 1
+                    if self._demanded[image_sha] <= 0:
+                        del self._demanded[image_sha]
+                    self._cond.notify_all()
         arr = np.load(path, allow_pickle=False)
         return np.ascontiguousarray(arr, dtype="<f4").tobytes()
+
+    def _compute_embedding(
+        self, image_sha: str, load_rgb: Callable[[], Any], path: Path, cancel: Callable[[], bool] | None
+    ) -> bool:
+        """Write ``path`` unless it exists; False if it did. ``cancel`` (prefetch only) can stop the encoder."""
+        with self._item_lock(f"emb:{image_sha}"):
+            if path.exists():
+                return False
+            import torch
+
+            from segany.predictor import SamPredictor
+
+            rgb = load_rgb()
+            with self._compute_lock, torch.inference_mode(), self._cancel_hooks(cancel):
+                predictor = SamPredictor(self.sam())
+                predictor.set_image(rgb)
+                emb = predictor.get_image_embedding().cpu().numpy().astype(np.float32)
+            buf = io.BytesIO()
+            np.save(buf, emb, allow_pickle=False)
+            _atomic_write(path, buf.getvalue())
+        return True
+
+    @contextlib.contextmanager
+    def _cancel_hooks(self, cancel: Callable[[], bool] | None) -> Iterator[None]:
+        """While a prefetch holds the compute lock: every encoder module first checks ``cancel``."""
+        if cancel is None:
+            yield
+            return
+        if cancel():
+            raise _Cancelled
+
+        def check(_module: Any, _args: Any) -> None:
+            if cancel():
+                raise _Cancelled
+
+        handles = [m.register_forward_pre_hook(check) for m in self.sam().image_encoder.modules()]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # ---- background prefetch ------------------------------------------------------------------------------
+
+    def prefetch(self, items: Sequence[tuple[str, Callable[[], Any]]]) -> None:
+        """Compute these images' embeddings in the background, in this order (``(sha256, load_rgb)`` pairs).
+
+        Replaces the previous queue: pending images not listed are dropped, and one being computed that is not
+        listed stops at its next encoder layer. Cached images are skipped; on-demand requests always go first.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            shas = [sha for sha, _ in items]
+            if self._prefetching is not None and self._prefetching not in shas:
+                self._stop_current = True
+            self._queue = [
+                (sha, f) for sha, f in items if sha not in self._demanded and sha != self._prefetching
+            ]
+            self._cond.notify_all()
+            if self._worker is None and self._queue:
+                self._worker = threading.Thread(
+                    target=self._prefetch_loop, name="segany-prefetch", daemon=True
+                )
+                self._worker.start()
+
+    def prefetch_idle(self, timeout: float) -> bool:
+        """Wait until the prefetch queue is empty and nothing is being prefetched (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._prefetching is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Stop the prefetcher (the one running stops at its next encoder layer)."""
+        with self._cond:
+            self._closed = True
+            self._queue = []
+            self._cond.notify_all()
+
+    def _should_stop(self, sha: str) -> bool:
+        with self._cond:
+            return self._closed or self._stop_current or any(s != sha for s in self._demanded)
+
+    def _prefetch_loop(self) -> None:
+        _lowest_priority()
+        while True:
+            with self._cond:
+                while not self._closed and (not self._queue or self._demanded):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                sha, load_rgb = self._queue.pop(0)
+                self._prefetching, self._stop_current = sha, False
+            try:
+                stop = functools.partial(self._should_stop, sha)
+                if self._compute_embedding(sha, load_rgb, self.embedding_path(sha), stop):
+                    self.prefetched.append(sha)
+            except _Cancelled:
+                log.debug("prefetch of %s gave way", sha)
+            except Exception as err:  # noqa: BLE001 - a failed prefetch must not stop the next ones
+                log.warning("prefetching embedding %s failed: %s", sha[:12], err)
+            finally:
+                with self._cond:
+                    self._prefetching = None
+                    self._cond.notify_all()
 
     def prefill(
         self,
@@ -177,21 +346,45 @@ class ModelService:
         points_per_side: int,
         pred_iou_thresh: float | None,
         stability_thresh: float | None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[list[dict], float]:
-        """Stage 2: the masks the automatic generator is confident about, as COCO RLE, and the seconds it took."""
+        """Stage 2: the masks the automatic generator is confident about, as COCO RLE, and the seconds it took.
+
+        ``progress(done, total)`` is called as the grid's points are decoded (``done`` = 0 while the image is
+        encoded); it counts the points that went through the decoder's IoU head.
+        """
         import torch
 
         from segany.automatic import SamAutomaticMaskGenerator
 
+        total = points_per_side * points_per_side
         with self._compute_lock, torch.inference_mode():
+            sam = self.sam()
             gen = SamAutomaticMaskGenerator(
-                self.sam(),
+                sam,
                 points_per_side=points_per_side,
                 pred_iou_thresh=pred_iou_thresh,
                 stability_score_thresh=stability_thresh,
                 output_mode="coco_rle",
             )
+            done = [0]
+
+            def count(_module: Any, args: Any) -> None:
+                if progress is not None and args and hasattr(args[0], "shape"):
+                    done[0] = min(total, done[0] + int(args[0].shape[0]))
+                    progress(done[0], total)
+
+            head = getattr(getattr(sam, "mask_decoder", None), "iou_prediction_head", None)
+            handle = head.register_forward_pre_hook(count) if head is not None and progress else None
+            if progress is not None:
+                progress(0, total)
             t0 = time.perf_counter()
-            masks = gen.generate(rgb)
+            try:
+                masks = gen.generate(rgb)
+            finally:
+                if handle is not None:
+                    handle.remove()
             seconds = time.perf_counter() - t0
+            if progress is not None:
+                progress(total, total)
         return masks, seconds

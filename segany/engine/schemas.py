@@ -142,3 +142,11 @@ class PrefillOut(BaseModel):
     created: int
     seconds: float
     annotations: list[AnnotationOut]
+
+
+class PrefillProgress(BaseModel):
+    """A running pre-fill: ``done`` of ``total`` grid points decoded (0 while the image is encoded)."""
+
+    running: bool
+    done: int
+    total: int

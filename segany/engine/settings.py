@@ -46,6 +46,8 @@ class EngineSettings:
     prefill_iou_thresh: float | None = None
     prefill_stability_thresh: float | None = None
     project_name: str | None = None  # defaults to the image folder's name
+    # Embeddings computed in the background ahead of the annotator: the next N images of the project.
+    prefetch_ahead: int = 3
     generated_password: bool = False
 
     def check(self) -> EngineSettings:
@@ -68,4 +70,6 @@ class EngineSettings:
             raise ConfigError(f"{PASSWORD_ENV} must have at least {MIN_PASSWORD_LEN} characters")
         if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
             raise ConfigError("upload caps must be positive")
+        if self.prefetch_ahead < 0:
+            raise ConfigError("prefetch_ahead must be 0 or more")
         return self

@@ -14,9 +14,14 @@ const state = {
   embedding: null, prompts: [], promptRedo: [], box: null, drag: null,
   result: null, order: [], choice: 0, startedAt: null,
   annotations: [], selected: null, undo: [], redo: [], busy: false,
+  decoderReady: null, warmed: false, openSeq: 0, pan: null, space: false,
 };
-// Read by tests and shown in the header: every decode's wall time in ms.
-window.seganyStats = { decodeMs: [] };
+// Read by tests and benchmarks: every decode's wall time in ms (the last one is shown in the header), and per
+// opened image the ms from asking for it to ready (image, masks, embedding and decoder in place).
+window.seganyStats = { decodeMs: [], openMs: [] };
+// The view: image pixel (x, y) is drawn at stage pixel (tx + s x, ty + s y). `fit` follows the window's size.
+const view = { s: 1, tx: 0, ty: 0, fit: true };
+window.seganyView = view;
 
 async function api(method, url, body) {
   const headers = {};
@@ -85,15 +90,21 @@ async function openTool() {
   $("project-name").textContent = state.project.name;
   $("export-coco").href = `/api/projects/${state.project.id}/export?format=coco`;
   $("export-sa1b").href = `/api/projects/${state.project.id}/export?format=sa1b`;
-  setStatus("loading decoder…");
   state.model = await (await api("GET", "/api/model")).json();
-  const bytes = await (await api("GET", state.model.decoder_url)).arrayBuffer();
-  state.session = await ort.InferenceSession.create(new Uint8Array(bytes), { executionProviders: ["wasm"] });
+  // The decoder loads while the first image and its embedding do; openImage waits for both.
+  state.decoderReady = loadDecoder();
+  state.decoderReady.catch(() => {}); // reported by openImage
   await refreshImages();
   const params = new URLSearchParams(location.hash.slice(1));
   const wanted = Number(params.get("image"));
   const i = state.images.findIndex((im) => im.id === wanted);
   await openImage(i >= 0 ? i : Math.max(0, state.images.findIndex((im) => !im.done)));
+}
+
+// Loads the exported decoder into onnxruntime-web.
+async function loadDecoder() {
+  const bytes = await (await api("GET", state.model.decoder_url)).arrayBuffer();
+  state.session = await ort.InferenceSession.create(new Uint8Array(bytes), { executionProviders: ["wasm"] });
 }
 
 async function refreshImages() {
@@ -106,37 +117,101 @@ async function refreshImages() {
 
 async function openImage(i) {
   if (!state.images.length) { setStatus("no images"); return; }
+  const seq = ++state.openSeq; // a newer openImage (n pressed twice) wins
+  const t0 = performance.now();
   state.index = Math.min(Math.max(i, 0), state.images.length - 1);
   state.image = state.images[state.index];
-  history.replaceState(null, "", `#image=${state.image.id}`);
-  $("image-name").textContent = state.image.file_name;
+  const image = state.image;
+  history.replaceState(null, "", `#image=${image.id}`);
+  $("image-name").textContent = image.file_name;
+  delete document.body.dataset.ready;
   clearPrompt();
   state.undo = []; state.redo = []; state.selected = null;
   state.embedding = null;
-  setStatus("loading image…");
-  const img = $("image");
-  await new Promise((resolve, reject) => {
-    img.onload = resolve; img.onerror = () => reject(new Error("image failed to load"));
-    img.src = `/api/images/${state.image.id}/file`;
-  });
   sizeOverlay();
-  await loadAnnotations();
-  await refreshImages();
+  fitView();
+  setStatus("loading image…");
+  // The image, its masks, its embedding (cached or prefetched by the server) and the list load in parallel.
+  const embedding = api("GET", `/api/images/${image.id}/embedding`).then(async (r) => ({
+    shape: r.headers.get("X-Embedding-Shape").split(",").map(Number), data: new Float32Array(await r.arrayBuffer()),
+  }));
+  embedding.catch(() => {}); // awaited below
+  const img = $("image");
+  const shown = new Promise((resolve, reject) => {
+    img.onload = resolve; img.onerror = () => reject(new Error("image failed to load"));
+    img.src = `/api/images/${image.id}/file`;
+  });
+  await Promise.all([shown, loadAnnotations(), refreshImages()]);
+  if (seq !== state.openSeq) return;
   setStatus("computing embedding…");
-  const r = await api("GET", `/api/images/${state.image.id}/embedding`);
-  const shape = r.headers.get("X-Embedding-Shape").split(",").map(Number);
-  state.embedding = new ort.Tensor("float32", new Float32Array(await r.arrayBuffer()), shape);
-  document.body.dataset.ready = String(state.image.id);
+  const emb = await embedding;
+  if (seq !== state.openSeq) return;
+  state.embedding = embeddingTensor(emb.data, emb.shape);
+  setStatus("loading decoder…");
+  try {
+    await state.decoderReady;
+  } catch (e) {
+    setStatus(`decoder failed to load: ${e.message}`);
+    return;
+  }
+  if (!state.warmed) { state.warmed = true; await warmUp(); }
+  if (seq !== state.openSeq) return;
+  window.seganyStats.openMs.push(performance.now() - t0);
+  document.body.dataset.ready = String(image.id);
   setStatus("ready");
 }
 
 function sizeOverlay() {
   const img = $("image"); const cv = $("overlay");
-  cv.width = state.image.width; cv.height = state.image.height;
-  cv.style.width = `${img.clientWidth}px`; cv.style.height = `${img.clientHeight}px`;
+  const { width: w, height: h } = state.image;
+  cv.width = w; cv.height = h;
+  for (const el of [img, cv]) { el.style.width = `${w}px`; el.style.height = `${h}px`; }
   draw();
 }
-window.addEventListener("resize", () => { if (state.image) sizeOverlay(); });
+
+// ---- zoom and pan -------------------------------------------------------------------------------------------
+// The image and the mask canvas sit in #view at image resolution and move together under one CSS transform;
+// prompts are drawn on #marks at screen resolution through the same view. toImage() is the one conversion from
+// a pointer position to image coordinates.
+
+function stageRect() {
+  const st = $("stage"); const r = st.getBoundingClientRect();
+  return { left: r.left + st.clientLeft, top: r.top + st.clientTop, width: st.clientWidth, height: st.clientHeight };
+}
+
+function toImage(ev, clamp = true) {
+  const r = stageRect();
+  const x = (ev.clientX - r.left - view.tx) / view.s; const y = (ev.clientY - r.top - view.ty) / view.s;
+  if (!clamp) return { x, y };
+  return { x: Math.min(Math.max(x, 0), state.image.width - 1), y: Math.min(Math.max(y, 0), state.image.height - 1) };
+}
+
+function applyView() {
+  $("view").style.transform = `translate(${view.tx}px, ${view.ty}px) scale(${view.s})`;
+  $("zoom").textContent = `${Math.round(view.s * 100)}%`;
+  drawMarks();
+}
+
+function fitView() {
+  if (!state.image) return;
+  const r = stageRect(); const { width: w, height: h } = state.image;
+  view.s = Math.min(r.width / w, r.height / h) || 1;
+  view.tx = (r.width - w * view.s) / 2; view.ty = (r.height - h * view.s) / 2;
+  view.fit = true;
+  applyView();
+}
+
+function zoomAt(factor, px, py) {
+  // Zoom by `factor` keeping stage pixel (px, py) over the same image pixel.
+  const r = stageRect(); const { width: w, height: h } = state.image;
+  const fit = Math.min(r.width / w, r.height / h) || 1;
+  const s = Math.min(Math.max(view.s * factor, fit / 4), Math.max(32, fit));
+  view.tx = px - ((px - view.tx) / view.s) * s; view.ty = py - ((py - view.ty) / view.s) * s;
+  view.s = s; view.fit = false;
+  applyView();
+}
+
+window.addEventListener("resize", () => { if (!state.image) return; if (view.fit) fitView(); else applyView(); });
 
 async function loadAnnotations() {
   state.annotations = await (await api("GET", `/api/images/${state.image.id}/annotations`)).json();
@@ -146,6 +221,32 @@ async function loadAnnotations() {
 }
 
 // ---- decoding ---------------------------------------------------------------------------------------------
+
+// The embedding as the decoder takes it.
+function embeddingTensor(data, shape) {
+  return new ort.Tensor("float32", data, shape);
+}
+
+// One decode before the first click (per page load), so that the first click is as fast as the others: the
+// decode path's own warmup() when it has one, else a dummy click at the image centre, kept off the record.
+async function warmUp() {
+  try {
+    if (typeof warmup === "function") { await warmup(); return; } // eslint-disable-line no-undef
+    if (state.session && typeof state.session.warmup === "function") { await state.session.warmup(); return; }
+    const saved = { prompts: state.prompts, box: state.box, maskInput: state.maskInput };
+    const n = window.seganyStats.decodeMs.length;
+    state.prompts = [{ x: state.image.width / 2, y: state.image.height / 2, label: 1 }];
+    state.box = null; state.maskInput = null;
+    try { await decodeOnce(); } finally {
+      Object.assign(state, saved);
+      window.seganyStats.decodeMs.length = n;
+      state.result = null; state.order = []; $("decode-ms").textContent = "–"; $("mask-index").textContent = "–";
+      draw();
+    }
+  } catch (e) {
+    console.warn("decoder warm-up failed", e);
+  }
+}
 
 function modelScale() {
   // Mirrors ResizeLongestSide: the long side becomes image_size, the short side is rounded.
@@ -278,16 +379,31 @@ function draw() {
     for (let i = 0; i < cur.length; i++) if (cur[i]) { d[4 * i] = 0; d[4 * i + 1] = 114; d[4 * i + 2] = 189; d[4 * i + 3] = 150; }
   }
   ctx.putImageData(img, 0, 0);
-  const rad = Math.max(3, Math.round(Math.max(w, h) / 150));
+  drawMarks();
+}
+
+// Prompts and the box, at screen resolution: the same size at every zoom, placed through the view.
+function drawMarks() {
+  const cv = $("marks"); const r = stageRect(); const dpr = window.devicePixelRatio || 1;
+  if (cv.width !== Math.round(r.width * dpr) || cv.height !== Math.round(r.height * dpr)) {
+    cv.width = Math.round(r.width * dpr); cv.height = Math.round(r.height * dpr);
+    cv.style.width = `${r.width}px`; cv.style.height = `${r.height}px`;
+  }
+  const ctx = cv.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, r.width, r.height);
+  if (!state.image) return;
+  const sx = (x) => view.tx + x * view.s; const sy = (y) => view.ty + y * view.s;
   for (const p of state.prompts) {
-    ctx.beginPath(); ctx.arc(p.x, p.y, rad, 0, 2 * Math.PI);
+    ctx.beginPath(); ctx.arc(sx(p.x), sy(p.y), 5, 0, 2 * Math.PI);
     ctx.fillStyle = p.label === 1 ? "#00c853" : "#d50000"; ctx.fill();
-    ctx.lineWidth = 1; ctx.strokeStyle = "#fff"; ctx.stroke();
+    ctx.lineWidth = 1.5; ctx.strokeStyle = "#fff"; ctx.stroke();
   }
   const box = state.drag && state.drag.moved ? state.drag : state.box;
   if (box) {
-    ctx.lineWidth = Math.max(1, rad / 2); ctx.strokeStyle = "#ffeb3b";
-    ctx.strokeRect(Math.min(box.x0, box.x1), Math.min(box.y0, box.y1), Math.abs(box.x1 - box.x0), Math.abs(box.y1 - box.y0));
+    ctx.lineWidth = 2; ctx.strokeStyle = "#ffeb3b";
+    ctx.strokeRect(sx(Math.min(box.x0, box.x1)), sy(Math.min(box.y0, box.y1)),
+      Math.abs(box.x1 - box.x0) * view.s, Math.abs(box.y1 - box.y0) * view.s);
   }
 }
 
@@ -319,36 +435,51 @@ function renderList() {
 
 // ---- prompts ------------------------------------------------------------------------------------------------
 
-function toImage(ev) {
-  const cv = $("overlay"); const r = cv.getBoundingClientRect();
-  return {
-    x: Math.min(Math.max(((ev.clientX - r.left) / r.width) * state.image.width, 0), state.image.width - 1),
-    y: Math.min(Math.max(((ev.clientY - r.top) / r.height) * state.image.height, 0), state.image.height - 1),
-  };
-}
-
 function clearPrompt() {
   state.prompts = []; state.promptRedo = []; state.box = null; state.result = null; state.order = [];
   state.startedAt = null; $("mask-index").textContent = "–";
   draw();
 }
 
-const overlay = $("overlay");
-overlay.addEventListener("contextmenu", (ev) => ev.preventDefault());
-overlay.addEventListener("mousedown", (ev) => {
-  if (!state.embedding) return;
-  const p = toImage(ev);
-  state.drag = { x0: p.x, y0: p.y, x1: p.x, y1: p.y, moved: false, button: ev.button, shift: ev.shiftKey };
+// Mouse: click = point, drag = box; wheel = zoom at the cursor; middle button, or Space/Alt + drag = pan.
+const stage = $("stage");
+stage.addEventListener("contextmenu", (ev) => ev.preventDefault());
+stage.addEventListener("wheel", (ev) => {
+  if (!state.image) return;
+  ev.preventDefault();
+  const r = stageRect();
+  const dy = ev.deltaMode === 1 ? ev.deltaY * 33 : ev.deltaMode === 2 ? ev.deltaY * r.height : ev.deltaY;
+  zoomAt(Math.exp(-dy * 0.0015), ev.clientX - r.left, ev.clientY - r.top);
+}, { passive: false });
+stage.addEventListener("mousedown", (ev) => {
+  if (!state.image) return;
+  if (ev.button === 1 || state.space || ev.altKey) {
+    ev.preventDefault(); // no middle-button autoscroll
+    state.pan = { x: ev.clientX, y: ev.clientY, tx: view.tx, ty: view.ty };
+    stage.classList.add("panning");
+    return;
+  }
+  if (!state.embedding || ev.button > 2) return;
+  const q = toImage(ev, false);
+  if (q.x < 0 || q.y < 0 || q.x >= state.image.width || q.y >= state.image.height) return; // outside the image
+  state.drag = { x0: q.x, y0: q.y, x1: q.x, y1: q.y, moved: false, button: ev.button, shift: ev.shiftKey };
 });
-overlay.addEventListener("mousemove", (ev) => {
+window.addEventListener("mousemove", (ev) => {
+  if (state.pan) {
+    view.tx = state.pan.tx + ev.clientX - state.pan.x; view.ty = state.pan.ty + ev.clientY - state.pan.y;
+    view.fit = false;
+    applyView();
+    return;
+  }
   if (!state.drag) return;
-  const p = toImage(ev); const cv = overlay.getBoundingClientRect();
+  const p = toImage(ev);
   state.drag.x1 = p.x; state.drag.y1 = p.y;
-  const px = (Math.abs(p.x - state.drag.x0) + Math.abs(p.y - state.drag.y0)) * cv.width / state.image.width;
+  const px = (Math.abs(p.x - state.drag.x0) + Math.abs(p.y - state.drag.y0)) * view.s; // screen pixels
   if (px > 6) state.drag.moved = true;
-  if (state.drag.moved) draw();
+  if (state.drag.moved) drawMarks();
 });
-overlay.addEventListener("mouseup", async () => {
+window.addEventListener("mouseup", async () => {
+  if (state.pan) { state.pan = null; stage.classList.remove("panning"); return; }
   const d = state.drag; state.drag = null;
   if (!d) return;
   if (state.startedAt === null) state.startedAt = performance.now();
@@ -464,12 +595,35 @@ async function rate(a, quality) {
 }
 
 async function prefill() {
-  setStatus("pre-filling (automatic masks)…");
+  // The server runs the automatic generator; its progress (grid points decoded) is polled while the POST runs.
+  const image = state.image; const bar = $("prefill-progress");
+  setStatus("pre-filling: encoding the image…");
+  bar.value = 0; bar.max = 1; bar.hidden = false; $("prefill").disabled = true;
+  let running = true;
+  const poll = (async () => {
+    while (running) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      if (!running) break;
+      try {
+        const p = await (await api("GET", `/api/images/${image.id}/prefill/progress`)).json();
+        if (running && p.running && p.total) {
+          bar.max = p.total; bar.value = p.done;
+          setStatus(p.done ? `pre-filling: ${p.done}/${p.total} points` : "pre-filling: encoding the image…");
+        }
+      } catch (_) { /* the POST reports errors */ }
+    }
+  })();
   try {
-    const r = await (await api("POST", `/api/images/${state.image.id}/prefill`)).json();
+    const r = await (await api("POST", `/api/images/${image.id}/prefill`)).json();
+    running = false;
     setStatus(`pre-fill added ${r.created} masks in ${r.seconds.toFixed(1)} s`);
-    await loadAnnotations();
-  } catch (e) { setStatus(`pre-fill failed: ${e.message}`); }
+    if (state.image === image) await loadAnnotations();
+  } catch (e) {
+    running = false;
+    setStatus(`pre-fill failed: ${e.message}`);
+  } finally {
+    running = false; await poll; bar.hidden = true; $("prefill").disabled = false;
+  }
 }
 
 async function finishImage() {
@@ -510,11 +664,24 @@ $("undo").addEventListener("click", undo);
 $("redo").addEventListener("click", redo);
 $("prefill").addEventListener("click", prefill);
 $("prev").addEventListener("click", () => openImage(state.index - 1));
+$("fit").addEventListener("click", fitView);
 $("done").addEventListener("click", finishImage);
+
+document.addEventListener("keyup", (ev) => {
+  if (ev.key === " ") { state.space = false; stage.classList.remove("pan-ready"); }
+});
+window.addEventListener("blur", () => { state.space = false; stage.classList.remove("pan-ready"); });
 
 document.addEventListener("keydown", (ev) => {
   if ($("tool").hidden || ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
   const key = ev.key.toLowerCase();
+  if (key === " ") { ev.preventDefault(); state.space = true; stage.classList.add("pan-ready"); return; }
+  if (!ev.ctrlKey && !ev.metaKey && !ev.altKey && state.image) {
+    const r = stageRect();
+    if (key === "f") { fitView(); return; }
+    if (key === "+" || key === "=") { zoomAt(1.25, r.width / 2, r.height / 2); return; }
+    if (key === "-") { zoomAt(0.8, r.width / 2, r.height / 2); return; }
+  }
   if ((ev.ctrlKey || ev.metaKey) && key === "z") { ev.preventDefault(); (ev.shiftKey ? redo : undo)(); return; }
   if ((ev.ctrlKey || ev.metaKey) && key === "y") { ev.preventDefault(); redo(); return; }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
