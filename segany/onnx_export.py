@@ -1,10 +1,14 @@
-"""Export SAM's prompt encoder + mask decoder + mask postprocessing to ONNX, for decoding in a browser.
+"""Export SAM's prompt encoder + mask decoder (+ mask postprocessing) to ONNX, for decoding in a browser.
 
 The image encoder is not exported: the annotation server computes the image embedding once per image with
-PyTorch, and the browser (onnxruntime-web) runs only this light graph on every click, as in the paper's data
-engine.
+PyTorch, and the browser (onnxruntime-web) runs only the light decoder on every click, as in the paper's data
+engine. Two exports:
 
-Two deliberate differences from the official export script:
+* `export_decoder` (``segany export-onnx``): one graph with the official graph's inputs and image-sized masks;
+* `export_page_decoder` (the annotation page): a per-image graph and a per-click graph that returns low-res
+  logits only (see the section at the end of this file).
+
+The single graph, below, has two deliberate differences from the official export script:
 
 * Mask postprocessing (upsample to the model input size, crop away the padding, resize to the original image
   size) takes every size from the ``orig_im_size`` input at run time. The official graph slices with ends that
@@ -13,7 +17,7 @@ Two deliberate differences from the official export script:
   from the shapes of ``arange(H)``/``arange(W)``, which the tracer records as dynamic ops; the tests compare
   the graph with the torch path on several aspect ratios.
 * All four mask tokens are returned (token 0 is the single-mask output, tokens 1-3 the three ambiguous masks),
-  so the page can cycle through the ambiguous masks without another decode.
+  so a caller can cycle through the ambiguous masks without another decode.
 
 Inputs (float32): ``image_embeddings`` 1xCxhxw, ``point_coords`` 1xNx2 (x, y in the model input frame, i.e.
 after ``ResizeLongestSide.apply_coords``), ``point_labels`` 1xN (1 fg, 0 bg, 2/3 box corners, -1 padding; the
@@ -44,6 +48,22 @@ OUTPUT_NAMES = ["masks", "iou_predictions", "low_res_masks"]
 DEFAULT_OPSET = 17
 
 
+def _embed_points(pe: Any, img_size: int, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The prompt encoder's point embedding, written without boolean indexing (one graph for any N)."""
+    coords = (coords + 0.5) / img_size  # pixel centres, normalised to [0, 1]
+    coords = 2 * coords - 1
+    coords = coords @ pe.pe_layer.positional_encoding_gaussian_matrix
+    coords = 2 * math.pi * coords
+    emb = torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+    lab = labels.unsqueeze(-1)
+    # Label-masked sums instead of boolean indexing: the same arithmetic for any N, no control flow.
+    emb = emb * (lab != -1).to(emb.dtype)
+    emb = emb + pe.not_a_point_embed.weight * (lab == -1).to(emb.dtype)
+    for i in range(pe.num_point_embeddings):
+        emb = emb + pe.point_embeddings[i].weight * (lab == i).to(emb.dtype)
+    return emb
+
+
 class SamDecoderOnnx(nn.Module):
     """Prompt encoder + mask decoder + postprocessing of a SAM model, written without data-dependent control flow.
 
@@ -70,19 +90,7 @@ class SamDecoderOnnx(nn.Module):
         self.img_size = int(size[0])
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pe = self.prompt_encoder
-        coords = (coords + 0.5) / self.img_size  # pixel centres, normalised to [0, 1]
-        coords = 2 * coords - 1
-        coords = coords @ pe.pe_layer.positional_encoding_gaussian_matrix
-        coords = 2 * math.pi * coords
-        emb = torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
-        lab = labels.unsqueeze(-1)
-        # Label-masked sums instead of boolean indexing: the same arithmetic for any N, no control flow.
-        emb = emb * (lab != -1).to(emb.dtype)
-        emb = emb + pe.not_a_point_embed.weight * (lab == -1).to(emb.dtype)
-        for i in range(pe.num_point_embeddings):
-            emb = emb + pe.point_embeddings[i].weight * (lab == i).to(emb.dtype)
-        return emb
+        return _embed_points(self.prompt_encoder, self.img_size, coords, labels)
 
     def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         pe = self.prompt_encoder
@@ -218,4 +226,334 @@ def export_decoder(
         "outputs": OUTPUT_NAMES,
         "image_size": int(pe.input_image_size[0]),
         "embedding_shape": [1, int(pe.embed_dim), *map(int, pe.image_embedding_size)],
+    }
+
+
+# ---- The annotation page's decoder: a per-image graph and a per-click graph --------------------------------------
+#
+# The page needs the low-resolution logits only (it upsamples and thresholds the chosen mask itself, at the image's
+# size, in its worker), and everything that does not depend on the prompt is computed once per image:
+#
+# * per image (``PageImageGraph``): the image tokens (embedding + the no-mask dense embedding) and, for the first
+#   two-way block, the token->image keys and values and the image->token queries of those tokens;
+# * per click (``PageClickGraph``): the prompt tokens, the rest of the transformer and the output upscaling.
+#   A mask input moves the first block's image tokens by ``dense(mask) - no_mask``, whose last layer is a 1x1
+#   convolution from ``mask_in_chans`` (16) channels: its effect on the precomputed projections is a 16-wide
+#   matmul with the composed weights, not a new 256-wide projection.
+#   Attention between a few tokens (T ~ 7) and the N image tokens is folded onto the token side where the image
+#   tokens change per click (``softmax((q Wk) x^T)``, ``(A x) Wv``, ``A (v Wo)``); the output upscaling runs
+#   channels-last as matmuls (each 2x2 stride-2 transposed convolution is a per-pixel linear map), with the
+#   pixel shuffle applied once, to the four mask planes at the end.
+#
+# Same math as ``MaskDecoder``, summed in a different order: logits agree to ~1e-6 (tests/test_page_decoder.py).
+
+PAGE_IMAGE_INPUTS = ["image_embeddings"]
+PAGE_IMAGE_OUTPUTS = ["image_tokens", "t2i_keys", "t2i_values", "i2t_queries"]
+PAGE_CLICK_INPUTS = [*PAGE_IMAGE_OUTPUTS, "point_coords", "point_labels", "mask_input", "has_mask_input"]
+PAGE_CLICK_OUTPUTS = ["low_res_masks", "iou_predictions"]
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """N x (H*d) -> H x N x d."""
+    n, hd = x.shape
+    return x.reshape(n, heads, hd // heads).transpose(0, 1)
+
+
+def _linear_weights(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    return lin.weight.detach().double(), lin.bias.detach().double()
+
+
+class _PageParts(nn.Module):
+    """What both page graphs read from a SAM decoder: attention handles and a few composed constants."""
+
+    prompt_encoder: Any
+    mask_decoder: Any
+    key_pe: torch.Tensor
+    no_mask: torch.Tensor
+    mask_wl_t: torch.Tensor
+    mask_off: torch.Tensor
+    mask_gk: torch.Tensor
+    mask_ck: torch.Tensor
+    mask_gv: torch.Tensor
+    mask_cv: torch.Tensor
+    mask_gq: torch.Tensor
+    mask_cq: torch.Tensor
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        if getattr(sam.mask_decoder, "hq", False):
+            raise ValueError("the page decoder does not support HQ-SAM decoders")
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        pe = self.prompt_encoder
+        size = pe.input_image_size
+        if size[0] != size[1]:
+            raise ValueError(f"only square model inputs are supported, got {size}")
+        self.img_size = int(size[0])
+        self.blocks = list(self.mask_decoder.transformer.layers)
+        blk0 = self.blocks[0]
+        if not blk0.skip_first_layer_pe:
+            raise ValueError("the first two-way block must skip the positional term (as SAM's)")
+        with torch.no_grad():
+            key_pe = pe.get_dense_pe().flatten(2)[0].t().contiguous()  # N x C
+            no_mask = pe.no_mask_embed.weight.detach()[0]  # C
+        self.register_buffer("key_pe", key_pe, persistent=False)
+        self.register_buffer("no_mask", no_mask.clone(), persistent=False)
+        # Mask input: dense(mask) - no_mask = h @ Wl^T + off, h the 16-channel map before the last 1x1
+        # convolution. Through block 0's projections W it moves them by h @ (W Wl)^T + W off: folded into the
+        # attention below as 16-wide products, never a new N x I projection.
+        last = pe.mask_downscaling[-1]
+        wl = last.weight.detach().double()[:, :, 0, 0]  # C x 16
+        off = last.bias.detach().double() - no_mask.double()  # C
+        blk_t2i, blk_i2t = blk0.cross_attn_token_to_image, blk0.cross_attn_image_to_token
+        self.register_buffer("mask_wl_t", wl.t().float().contiguous(), persistent=False)  # 16 x C
+        self.register_buffer("mask_off", off.float(), persistent=False)  # C
+        for name, lin in (("k", blk_t2i.k_proj), ("v", blk_t2i.v_proj), ("q", blk_i2t.q_proj)):
+            w = lin.weight.detach().double()
+            self.register_buffer(f"mask_g{name}", (w @ wl).float(), persistent=False)  # I x 16
+            self.register_buffer(f"mask_c{name}", (w @ off).float(), persistent=False)  # I
+        heads, tok_heads = blk_i2t.num_heads, blk_t2i.num_heads
+        if heads != tok_heads:
+            raise ValueError("both cross attentions of block 0 must have the same number of heads")
+        self.embed_dim = int(pe.embed_dim)
+        self.internal = int(blk0.cross_attn_token_to_image.internal_dim)
+
+
+class PageImageGraph(nn.Module):
+    """Per image: ``image_embeddings`` 1xCxhxw -> image tokens N x C and block 0's projections of them: the
+    token->image keys (H x d x N) and values (H x N x d), the image->token queries (N x I)."""
+
+    def __init__(self, parts: _PageParts) -> None:
+        super().__init__()
+        self.p = parts
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        p = self.p
+        blk = p.blocks[0]
+        tokens = image_embeddings[0].flatten(1).t() + p.no_mask  # N x C
+        with_pe = tokens + p.key_pe
+        heads = blk.cross_attn_token_to_image.num_heads
+        keys = _split_heads(blk.cross_attn_token_to_image.k_proj(with_pe), heads).transpose(1, 2)  # H x d x N
+        values = _split_heads(blk.cross_attn_token_to_image.v_proj(tokens), heads)  # H x N x d
+        queries = blk.cross_attn_image_to_token.q_proj(with_pe)  # N x I
+        return tokens, keys.contiguous(), values.contiguous(), queries
+
+
+class PageClickGraph(nn.Module):
+    """Per click: prompts + the per-image tensors -> ``low_res_masks`` 1x4xsxs, ``iou_predictions`` 1x4."""
+
+    def __init__(self, parts: _PageParts) -> None:
+        super().__init__()
+        self.p = parts
+
+    # -- attention, folded -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _value_out(attn: Any, tok: torch.Tensor) -> torch.Tensor:
+        """Tokens' values through the output projection per head: (H*T) x C, the output bias split over heads."""
+        h = attn.num_heads
+        v = _split_heads(attn.v_proj(tok), h)  # H x T x d
+        w_o = attn.out_proj.weight  # C x (H*d)
+        w_o = w_o.reshape(w_o.shape[0], h, -1).permute(1, 2, 0)  # H x d x C
+        return (v @ w_o + attn.out_proj.bias / h).flatten(0, 1)
+
+    @staticmethod
+    def _token_to_image(
+        attn: Any, q_tok: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor
+    ) -> torch.Tensor:
+        """``attn(q_tok, k_img, v_img)`` folded onto the T query tokens (image tokens N x C, per click)."""
+        h = attn.num_heads
+        d = attn.internal_dim // h
+        q = _split_heads(attn.q_proj(q_tok), h)  # H x T x d
+        w_k = attn.k_proj.weight.reshape(h, d, -1)  # H x d x C
+        qk = ((q @ w_k) / math.sqrt(d)).flatten(
+            0, 1
+        )  # (H*T) x C; the key bias shifts each row: softmax ignores it
+        a = torch.softmax(qk @ k_img.t(), dim=-1)  # (H*T) x N
+        av = (a @ v_img).reshape(h, q.shape[1], -1)  # H x T x C
+        w_v = attn.v_proj.weight.reshape(h, d, -1)  # H x d x C
+        v = av @ w_v.transpose(1, 2) + attn.v_proj.bias.reshape(h, 1, d)  # H x T x d
+        return attn.out_proj(v.transpose(0, 1).flatten(1))
+
+    @staticmethod
+    def _image_to_token(
+        attn: Any, q_img: torch.Tensor, k_tok: torch.Tensor, v_tok: torch.Tensor
+    ) -> torch.Tensor:
+        """``attn(q_img, k_tok, v_tok)`` for N image queries, folded: N x C."""
+        h = attn.num_heads
+        d = attn.internal_dim // h
+        k = _split_heads(attn.k_proj(k_tok), h)  # H x T x d
+        t = k.shape[-2]
+        w_q = attn.q_proj.weight.reshape(h, d, -1)  # H x d x C
+        kq = ((k @ w_q) / math.sqrt(d)).flatten(0, 1)  # (H*T) x C
+        kb = ((k @ attn.q_proj.bias.reshape(h, d, 1)) / math.sqrt(d)).flatten()  # (H*T)
+        scores = q_img @ kq.t() + kb  # N x (H*T)
+        a = torch.softmax(scores.reshape(-1, h, t), dim=-1).flatten(1)
+        return a @ PageClickGraph._value_out(attn, v_tok)
+
+    # -- the graph ---------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        image_tokens: torch.Tensor,
+        t2i_keys: torch.Tensor,
+        t2i_values: torch.Tensor,
+        i2t_queries: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.p
+        dec = p.mask_decoder
+        tr = dec.transformer
+        sparse = _embed_points(p.prompt_encoder, p.img_size, point_coords, point_labels)[0]  # T_p x C
+        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens, sparse], dim=0)  # T x C
+        n_out = out_tokens.shape[0]
+
+        # h: has_mask * the mask's 16-channel map (16 x N); see _PageParts
+        h16 = p.prompt_encoder.mask_downscaling[:-1](mask_input)[0].flatten(1) * has_mask_input
+        h16_t = h16.t()  # N x 16
+
+        # block 0: the image tokens' projections come precomputed (t2i_keys H x d x N, t2i_values H x N x d,
+        # i2t_queries N x I); the mask input enters through 16-wide products.
+        blk = p.blocks[0]
+        queries = blk.norm1(blk.self_attn(tokens[None], tokens[None], tokens[None])[0])
+        attn = blk.cross_attn_token_to_image
+        h = attn.num_heads
+        d = attn.internal_dim // h
+        q = _split_heads(attn.q_proj(queries + tokens), h)  # H x T x d
+        t = q.shape[1]
+        q = q / math.sqrt(d)
+        # q.(k + h Gk^T + has ck): the has*q.ck term is constant along the softmax axis, so it is dropped
+        gk = p.mask_gk.reshape(h, d, -1)  # H x d x 16
+        logits = q @ t2i_keys + (q @ gk) @ h16  # H x T x N
+        a = torch.softmax(logits, dim=-1)
+        gv = p.mask_gv.reshape(h, d, -1).transpose(1, 2)  # H x 16 x d
+        av = a @ t2i_values + (a @ h16_t) @ gv + p.mask_cv.reshape(h, 1, d) * has_mask_input  # H x T x d
+        queries = blk.norm2(queries + attn.out_proj(av.transpose(0, 1).flatten(1)))
+        queries = blk.norm3(queries + blk.mlp(queries))
+        attn = blk.cross_attn_image_to_token
+        k = attn.k_proj(queries + tokens) / math.sqrt(d)  # T x I
+        # block-diagonal heads: column (head g, token j) holds head g's key of token j
+        ones_t = torch.ones_like(k[:, 0])  # T (a traced size: any number of points)
+        block = (torch.eye(h)[:, None, :, None] * ones_t).expand(-1, d, -1, -1).reshape(h * d, -1)
+        k_bd = k.t().repeat(1, h) * block  # I x (H*T)
+        k_heads = _split_heads(k, h)  # H x T x d
+        gq = (k_heads @ p.mask_gq.reshape(h, d, -1)).flatten(0, 1).t()  # 16 x (H*T)
+        cq = (k_heads @ p.mask_cq.reshape(h, d, 1)).flatten()  # H*T
+        scores = i2t_queries @ k_bd + h16_t @ gq + cq * has_mask_input  # N x (H*T)
+        a = torch.softmax(scores.reshape(-1, h, t), dim=-1).flatten(1)
+        # keys = tokens + dense delta + attention output, in one product: [a | h] @ [V Wo + has off / H ; Wl^T]
+        vo = self._value_out(attn, queries) + p.mask_off * has_mask_input / h  # (H*T) x C
+        keys = blk.norm4(image_tokens + torch.cat([a, h16_t], dim=1) @ torch.cat([vo, p.mask_wl_t], dim=0))
+
+        for blk in p.blocks[1:]:
+            q_in = queries + tokens
+            queries = blk.norm1(queries + blk.self_attn(q_in[None], q_in[None], queries[None])[0])
+            kp = keys + p.key_pe
+            queries = blk.norm2(
+                queries + self._token_to_image(blk.cross_attn_token_to_image, queries + tokens, kp, keys)
+            )
+            queries = blk.norm3(queries + blk.mlp(queries))
+            keys = blk.norm4(
+                keys + self._image_to_token(blk.cross_attn_image_to_token, kp, queries + tokens, queries)
+            )
+
+        # final attention: only the IoU and mask tokens are read afterwards
+        qo, to = queries[:n_out], tokens[:n_out]
+        kp = keys + p.key_pe
+        qo = tr.norm_final_attn(qo + self._token_to_image(tr.final_attn_token_to_image, qo + to, kp, keys))
+
+        iou = dec.iou_prediction_head(qo[0:1])  # 1 x 4
+        hyper = torch.stack(
+            [mlp(qo[1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+        )  # C/8 x 4
+        low = self._upscale(keys, hyper)
+        return low, iou
+
+    def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` + hypernetwork product, channels-last: N x C -> 1 x 4 x 4h x 4w."""
+        conv1, norm, act1, conv2, act2 = self.p.mask_decoder.output_upscaling
+        hh, ww = self.p.prompt_encoder.image_embedding_size
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        w1 = conv1.weight.permute(0, 2, 3, 1).flatten(1)  # Cin x (2*2*C1): (a, b, out) per input channel
+        x = (keys @ w1).reshape(-1, 4, c1) + conv1.bias  # N x 4 x C1
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(0, 2, 3, 1).flatten(1)  # C1 x (2*2*C2)
+        x = act2((x @ w2).reshape(-1, 16, c2) + conv2.bias)  # N x (a, b, a', b') x C2
+        m = x @ hyper  # N x 16 x 4
+        m = m.reshape(hh, ww, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)  # 4 x h x a x a' x w x b x b'
+        return m.reshape(1, -1, 4 * hh, 4 * ww)
+
+
+def page_image_graph_path(click_path: str | Path) -> Path:
+    """Where `export_page_decoder` writes the per-image graph, next to the per-click graph ``click_path``."""
+    click_path = Path(click_path)
+    return click_path.with_name(click_path.stem + ".image.onnx")
+
+
+def export_page_decoder(
+    sam: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET, quantize: bool = False
+) -> dict[str, Any]:
+    """Write the page's two graphs: the per-click graph at ``out``, the per-image one at
+    `page_image_graph_path`\\ (``out``); ``out`` is written last, so its existence means both are complete.
+
+    ``quantize`` applies onnxruntime's dynamic int8 weight quantisation to the per-click graph's MatMuls (the
+    page's masks then differ from the predictor's at some boundary pixels; the default is float32).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = _PageParts(sam).eval()
+    pe = parts.prompt_encoder
+    h, w = pe.image_embedding_size
+    c = parts.embed_dim
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, c, h, w, generator=gen)
+    image_graph = PageImageGraph(parts).eval()
+    click_graph = PageClickGraph(parts).eval()
+    image_path = page_image_graph_path(out)
+
+    def _export(
+        model: nn.Module, args: tuple, path: Path, names: tuple[list[str], list[str]], dyn: dict
+    ) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with torch.no_grad():
+            torch.onnx.export(
+                model, args, str(tmp), input_names=names[0], output_names=names[1], dynamic_axes=dyn,
+                opset_version=opset, do_constant_folding=True, export_params=True, dynamo=False,
+            )  # fmt: skip
+        if quantize and path == out:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            qtmp = path.with_name(path.name + ".q.tmp")
+            quantize_dynamic(
+                str(tmp), str(qtmp), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
+            )
+            qtmp.replace(tmp)
+        tmp.replace(path)
+
+    with torch.no_grad():
+        image_out = image_graph(emb)
+    _export(image_graph, (emb,), image_path, (PAGE_IMAGE_INPUTS, PAGE_IMAGE_OUTPUTS), {})
+    n = 3
+    click_args = (
+        *image_out,
+        torch.randint(0, parts.img_size, (1, n, 2), generator=gen).float(),
+        torch.tensor([[1.0, 0.0, -1.0]]),
+        torch.zeros(1, 1, 4 * h, 4 * w),
+        torch.tensor([1.0]),
+    )
+    dyn = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    _export(click_graph, click_args, out, (PAGE_CLICK_INPUTS, PAGE_CLICK_OUTPUTS), dyn)
+    return {
+        "path": str(out),
+        "image_path": str(image_path),
+        "bytes": out.stat().st_size + image_path.stat().st_size,
+        "quantized": quantize,
+        "opset": opset,
+        "image_size": parts.img_size,
+        "embedding_shape": [1, c, h, w],
+        "mask_input_shape": [1, 1, 4 * h, 4 * w],
     }

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from segany.engine import ConfigError, EngineSettings, create_app
 from segany.engine.model import ModelSpec
-from segany.onnx_export import INPUT_NAMES
+from segany.onnx_export import PAGE_CLICK_INPUTS, PAGE_IMAGE_INPUTS
 
 BASE = "https://testserver"  # https so that the Secure session cookie is sent back
 
@@ -359,7 +359,9 @@ def test_embedding_computed_once_and_cached_on_disk(env) -> None:
     info = client.get("/api/model").json()
     assert info["embedding_shape"] == [1, 32, 16, 16] and info["image_size"] == 256
     graph = onnx.load_model_from_string(client.get(info["decoder_url"]).content).graph
-    assert [i.name for i in graph.input] == INPUT_NAMES
+    assert [i.name for i in graph.input] == PAGE_CLICK_INPUTS
+    graph = onnx.load_model_from_string(client.get("/api/model/decoder.image.onnx").content).graph
+    assert [i.name for i in graph.input] == PAGE_IMAGE_INPUTS
 
 
 def test_prefill_marks_model_masks_and_runs_once(tmp_path: Path) -> None:

@@ -557,4 +557,12 @@ def create_app(settings: EngineSettings) -> FastAPI:
         return FileResponse(model.decoder_path(), media_type="application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
 
+    @app.get("/api/model/decoder.image.onnx", response_class=FileResponse)
+    def decoder_image(_who: Who) -> FileResponse:
+        """The decoder's per-image graph (run once per image in the page, before the per-click graph)."""
+        from segany.onnx_export import page_image_graph_path
+
+        return FileResponse(page_image_graph_path(model.decoder_path()), media_type="application/octet-stream",
+                            headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
+
     return app

@@ -199,10 +199,10 @@ class ModelService:
         path = self._dir("onnx") / name
         with self._item_lock("decoder"):
             if not path.exists():
-                from segany.onnx_export import export_decoder
+                from segany.onnx_export import export_page_decoder
 
-                with self._compute_lock:
-                    export_decoder(self.sam(), path, quantize=self.spec.quantize_decoder)
+                with self._compute_lock:  # the page's per-click graph here, its per-image graph next to it
+                    export_page_decoder(self.sam(), path, quantize=self.spec.quantize_decoder)
         return path
 
     def embedding_path(self, image_sha: str) -> Path:

@@ -1,9 +1,7 @@
 // segany annotation page: decodes masks in the browser with onnxruntime-web on the exported SAM decoder.
 // The server computes each image's embedding once; every click here only runs the light decoder.
 // All user-supplied text (labels, file names) is written with textContent, never parsed as HTML.
-import * as ort from "./vendor/ort/ort.wasm.min.mjs";
-
-ort.env.wasm.wasmPaths = "/static/vendor/ort/";
+import { PageDecoder, recordInputTimes } from "./decode.js";
 
 const $ = (id) => document.getElementById(id);
 const PALETTE = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [245, 130, 48], [145, 30, 180], [70, 240, 240],
@@ -101,10 +99,14 @@ async function openTool() {
   await openImage(i >= 0 ? i : Math.max(0, state.images.findIndex((im) => !im.done)));
 }
 
-// Loads the exported decoder into onnxruntime-web.
+// Loads the exported decoder (per-click and per-image graphs) into its worker (decode.js).
 async function loadDecoder() {
-  const bytes = await (await api("GET", state.model.decoder_url)).arrayBuffer();
-  state.session = await ort.InferenceSession.create(new Uint8Array(bytes), { executionProviders: ["wasm"] });
+  recordInputTimes(window.seganyStats);
+  const get = async (url) => (await api("GET", url)).arrayBuffer();
+  const [clickBytes, imageBytes] = await Promise.all([
+    get(state.model.decoder_url), get(state.model.decoder_url.replace(/\.onnx$/, ".image.onnx")),
+  ]);
+  state.session = await PageDecoder.create({ clickBytes, imageBytes, imageSize: state.model.image_size });
 }
 
 async function refreshImages() {
@@ -222,9 +224,11 @@ async function loadAnnotations() {
 
 // ---- decoding ---------------------------------------------------------------------------------------------
 
-// The embedding as the decoder takes it.
+// The embedding as the decoder takes it; the decoder's worker starts on this image's per-image work at once.
 function embeddingTensor(data, shape) {
-  return new ort.Tensor("float32", data, shape);
+  const emb = { data, shape, dims: shape, image: state.image };
+  state.decoderReady.then(() => state.session.setImage(emb, emb, emb.image.height, emb.image.width)).catch(() => {});
+  return emb;
 }
 
 // One decode before the first click (per page load), so that the first click is as fast as the others: the
@@ -279,50 +283,39 @@ async function decodeOnce() {
   } else {
     pts.push([0, 0, -1]); // padding point, as the prompt encoder adds when there is no box
   }
-  const n = pts.length;
-  const coords = new Float32Array(n * 2); const labels = new Float32Array(n);
-  pts.forEach(([x, y, l], k) => { coords[2 * k] = x; coords[2 * k + 1] = y; labels[k] = l; });
-  const [, , eh, ew] = state.embedding.dims;
-  const feeds = {
-    image_embeddings: state.embedding,
-    point_coords: new ort.Tensor("float32", coords, [1, n, 2]),
-    point_labels: new ort.Tensor("float32", labels, [1, n]),
-    mask_input: new ort.Tensor("float32", state.maskInput || new Float32Array(16 * eh * ew), [1, 1, 4 * eh, 4 * ew]),
-    has_mask_input: new ort.Tensor("float32", new Float32Array([state.maskInput ? 1 : 0]), [1]),
-    orig_im_size: new ort.Tensor("float32", new Float32Array([state.image.height, state.image.width]), [2]),
-  };
-  const t0 = performance.now();
-  const out = await state.session.run(feeds);
-  const ms = performance.now() - t0;
-  window.seganyStats.decodeMs.push(ms);
-  $("decode-ms").textContent = ms.toFixed(0);
-  const iou = out.iou_predictions.data;
-  const ambiguous = [1, 2, 3].sort((a, b) => iou[b] - iou[a]);
-  // One click (or a box alone) is ambiguous: offer the three multimask outputs best first. More prompts pin
-  // the object down: the single-mask output comes first, as in the official predictor.
+  // One click (or a box alone) is ambiguous: the three multimask outputs best first. More prompts pin the
+  // object down: the single-mask output comes first, as in the official predictor.
   const single = state.prompts.length + (state.box ? 1 : 0) <= 1;
-  state.order = single ? ambiguous : [0, ...ambiguous];
-  state.result = { masks: out.masks.data, low: out.low_res_masks.data, iou, h: state.image.height, w: state.image.width };
+  const emb = state.embedding;
+  state.session.setImage(emb, emb, emb.image.height, emb.image.width); // no-op unless the image changed
+  const stats = window.seganyStats; const input = stats.lastInput; stats.lastInput = null;
+  const result = await state.session.decode(pts, state.maskInput, single);
+  if (state.embedding !== emb) return; // another image opened meanwhile
+  state.result = result;
+  state.order = result.order;
   state.choice = 0;
   $("mask-index").textContent = `1/${state.order.length}`;
+  const d0 = performance.now();
   draw();
+  const t = result.timings;
+  t.draw = performance.now() - d0;
+  stats.decodeMs.push(t.total);
+  $("decode-ms").textContent = t.total.toFixed(0);
+  // Click -> mask on screen: from the input event to the frame after the one that drew the mask.
+  (stats.stages ||= []).push(t);
+  requestAnimationFrame(() => setTimeout(() => {
+    t.screen = performance.now();
+    t.clickToScreen = input === null ? null : t.screen - input;
+  }, 0));
 }
 
 function chosenLowRes() {
-  const { low } = state.result;
-  const n = low.length / 4;
-  const k = state.order[state.choice];
-  return low.slice(k * n, (k + 1) * n);
+  return state.result.lowRes(state.order[state.choice]);
 }
 
 function currentMask() {
   if (!state.result) return null;
-  const { masks, h, w } = state.result;
-  const k = state.order[state.choice];
-  const plane = masks.subarray(k * h * w, (k + 1) * h * w);
-  const m = new Uint8Array(h * w);
-  for (let i = 0; i < m.length; i++) m[i] = plane[i] > 0 ? 1 : 0;
-  return m;
+  return state.result.mask(state.order[state.choice]);
 }
 
 // ---- RLE (COCO, column-major) -------------------------------------------------------------------------------

@@ -1,0 +1,205 @@
+// segany's decode path: the exported decoder runs in a Web Worker (decoder-worker.js), so the page never blocks.
+//
+// Per image, the worker runs the per-image graph once (the image tokens and the first two-way block's image-side
+// projections); per click it runs only the per-click graph, which returns the four low-resolution logit planes
+// (4 x s x s) and the IoU predictions. The mask shown and saved is the chosen plane upsampled exactly as
+// SamPredictor does it (bilinear to the model's input size, crop the padding, bilinear to the image size,
+// align_corners=False, threshold at 0), computed straight at the image's size: each output pixel is a weighted
+// sum of at most 4 x 4 low-resolution logits, and where all of them have the same sign (most of the image) the
+// sign is known without the sum. The first mask is upsampled in the worker, the others only when asked for.
+//
+// This module has no DOM code, so that the worker imports its upsampling too.
+
+/** Per output index of one axis: 4 (low-res index, weight) pairs, composing PyTorch's two bilinear resizes. */
+export function axisTaps(nOut, nCrop, lowSize, imgSize) {
+  const f = Math.fround; // PyTorch computes source positions in float32
+  const idx = new Int32Array(nOut * 4); const wt = new Float64Array(nOut * 4);
+  const lo = new Int32Array(nOut); const hi = new Int32Array(nOut);
+  const s2 = f(nCrop / nOut); const s1 = f(lowSize / imgSize);
+  for (let o = 0; o < nOut; o++) {
+    let src = f(f(s2 * f(o + 0.5)) - 0.5); if (src < 0) src = 0;
+    const j0 = Math.floor(src); const j1 = j0 < nCrop - 1 ? j0 + 1 : j0; const a = f(src - j0);
+    let n = 4 * o;
+    for (const [j, wj] of [[j0, 1 - a], [j1, a]]) {
+      let t = f(f(s1 * f(j + 0.5)) - 0.5); if (t < 0) t = 0;
+      const k0 = Math.floor(t); const k1 = k0 < lowSize - 1 ? k0 + 1 : k0; const b = f(t - k0);
+      idx[n] = k0; wt[n++] = wj * (1 - b);
+      idx[n] = k1; wt[n++] = wj * b;
+    }
+    lo[o] = idx[4 * o]; hi[o] = Math.max(idx[4 * o + 1], idx[4 * o + 3]);
+  }
+  return { idx, wt, lo, hi };
+}
+
+/** The upsampling plan of one image: ResizeLongestSide's input size, and the taps of both axes. */
+export function upsamplePlan(height, width, imgSize, lowSize) {
+  const s = imgSize / Math.max(height, width);
+  const hIn = Math.floor(height * s + 0.5); const wIn = Math.floor(width * s + 0.5);
+  return { height, width, lowSize, rows: axisTaps(height, hIn, lowSize, imgSize), cols: axisTaps(width, wIn, lowSize, imgSize) };
+}
+
+/** Binary mask (Uint8Array, row-major height x width) of plane k of the 4 x s x s low-res logits. */
+export function upsampleMask(low, k, plan) {
+  const { height: H, width: W, lowSize: s, rows, cols } = plan;
+  const plane = k * s * s;
+  const out = new Uint8Array(H * W);
+  const c0 = cols.lo[0]; const c1 = cols.hi[W - 1] + 1; // low-res columns any output pixel reads
+  const row = new Float64Array(s); const pos = new Int32Array(s + 1);
+  let prevY = -1;
+  for (let y = 0; y < H; y++) {
+    const r = 4 * y; const base = y * W;
+    // Rows with the same taps (upsampling > 1x) reuse the previous row's result.
+    if (prevY >= 0 && rows.idx[r] === rows.idx[4 * prevY] && rows.idx[r + 1] === rows.idx[4 * prevY + 1]
+        && rows.idx[r + 2] === rows.idx[4 * prevY + 2] && rows.idx[r + 3] === rows.idx[4 * prevY + 3]
+        && rows.wt[r] === rows.wt[4 * prevY] && rows.wt[r + 1] === rows.wt[4 * prevY + 1]
+        && rows.wt[r + 2] === rows.wt[4 * prevY + 2] && rows.wt[r + 3] === rows.wt[4 * prevY + 3]) {
+      out.copyWithin(base, base - W, base);
+      prevY = y;
+      continue;
+    }
+    prevY = y;
+    const a0 = plane + rows.idx[r] * s; const a1 = plane + rows.idx[r + 1] * s;
+    const a2 = plane + rows.idx[r + 2] * s; const a3 = plane + rows.idx[r + 3] * s;
+    const w0 = rows.wt[r]; const w1 = rows.wt[r + 1]; const w2 = rows.wt[r + 2]; const w3 = rows.wt[r + 3];
+    for (let c = c0; c < c1; c++) {
+      const v = w0 * low[a0 + c] + w1 * low[a1 + c] + w2 * low[a2 + c] + w3 * low[a3 + c];
+      row[c] = v; pos[c + 1] = pos[c] + (v > 0 ? 1 : 0);
+    }
+    if (pos[c1] === pos[c0]) continue; // nothing positive on this row
+    if (pos[c1] - pos[c0] === c1 - c0) { out.fill(1, base, base + W); continue; }
+    for (let x = 0; x < W; x++) {
+      const lo = cols.lo[x]; const hi = cols.hi[x];
+      const n = pos[hi + 1] - pos[lo];
+      if (n === 0) continue; // a non-negative mix of values <= 0
+      if (n === hi - lo + 1) { out[base + x] = 1; continue; } // ... of values > 0
+      const q = 4 * x;
+      const v = cols.wt[q] * row[cols.idx[q]] + cols.wt[q + 1] * row[cols.idx[q + 1]]
+        + cols.wt[q + 2] * row[cols.idx[q + 2]] + cols.wt[q + 3] * row[cols.idx[q + 3]];
+      if (v > 0) out[base + x] = 1;
+    }
+  }
+  return out;
+}
+
+/** Which planes the page offers, best first: one prompt (or a box alone) is ambiguous, so the three multimask
+ * outputs sorted by predicted IoU; more prompts pin the object down, so the single-mask output (plane 0) first,
+ * as SamPredictor's multimask_output=False. */
+export function maskOrder(iou, single) {
+  const ambiguous = [1, 2, 3].sort((a, b) => iou[b] - iou[a]);
+  return single ? ambiguous : [0, ...ambiguous];
+}
+
+const now = () => performance.timeOrigin + performance.now(); // comparable between the page and the worker
+
+/** One decode's answer: the low-res logits and IoUs, the planes in display order, and binary masks on demand. */
+class DecodeResult {
+  constructor(msg, plan) {
+    this.low = msg.low; this.iou = msg.iou; this.order = msg.order;
+    this.h = plan.height; this.w = plan.width;
+    this.plan = plan;
+    this.masks = new Map([[msg.order[0], msg.mask]]);
+    this.timings = msg.timings;
+  }
+
+  /** Binary mask of plane k at the image's size (computed once). */
+  mask(k) {
+    if (!this.masks.has(k)) this.masks.set(k, upsampleMask(this.low, k, this.plan));
+    return this.masks.get(k);
+  }
+
+  /** Plane k's low-res logits (s x s), the mask input of a corrective click. */
+  lowRes(k) {
+    const n = this.low.length / 4;
+    return this.low.slice(k * n, (k + 1) * n);
+  }
+}
+
+/** The page's decoder: a worker holding both graphs, the current image's tensors and its upsampling plan. */
+export class PageDecoder {
+  constructor(worker, info) {
+    this.worker = worker; this.info = info;
+    this.pending = new Map(); this.nextId = 1;
+    this.image = null; // { key, plan, ready }
+    worker.onmessage = (ev) => {
+      const m = ev.data; const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.error) p.reject(new Error(m.error)); else p.resolve(m);
+    };
+    worker.onerror = (ev) => {
+      for (const p of this.pending.values()) p.reject(new Error(ev.message || "decoder worker failed"));
+      this.pending.clear();
+    };
+  }
+
+  static async create({ clickBytes, imageBytes, imageSize, numThreads, workerUrl }) {
+    const url = workerUrl || new URL("./decoder-worker.js", import.meta.url);
+    const worker = new Worker(url, { type: "module", name: "segany-decoder" });
+    const dec = new PageDecoder(worker, null);
+    dec.info = await dec.call("init", { clickBytes, imageBytes, imageSize, numThreads }, [clickBytes, imageBytes]);
+    dec.imageSize = imageSize;
+    return dec;
+  }
+
+  call(type, payload, transfer = []) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ id, type, sent: now(), ...payload }, transfer);
+    });
+  }
+
+  /** Hand the worker a new image's embedding ({data: Float32Array, shape}); runs the per-image graph and one
+   * warm-up click there. Decodes wait for it. `key` identifies the image (same key: nothing is redone). */
+  setImage(key, embedding, height, width) {
+    if (this.image && this.image.key === key) return this.image.ready;
+    const lowSize = 4 * embedding.shape[2];
+    const plan = upsamplePlan(height, width, this.imageSize, lowSize);
+    const data = new Float32Array(embedding.data); // a copy: the page keeps its own
+    const ready = this.call("image", { data, shape: embedding.shape, plan }, [data.buffer]);
+    this.image = { key, plan, ready };
+    ready.catch(() => {});
+    return ready;
+  }
+
+  /** Decode one prompt: points [[x, y, label], ...] in the model's input frame (labels 1/0, box corners 2/3,
+   * -1 padding), the mask input (s x s logits) or null, `single` as maskOrder's. */
+  async decode(points, maskInput, single) {
+    if (!this.image) throw new Error("no image");
+    const { plan } = this.image;
+    await this.image.ready;
+    const n = points.length;
+    const coords = new Float32Array(2 * n); const labels = new Float32Array(n);
+    points.forEach(([x, y, l], i) => { coords[2 * i] = x; coords[2 * i + 1] = y; labels[i] = l; });
+    const mask = maskInput ? new Float32Array(maskInput) : null;
+    const transfer = [coords.buffer, labels.buffer, ...(mask ? [mask.buffer] : [])];
+    const t0 = now();
+    const msg = await this.call("decode", { coords, labels, mask, single }, transfer);
+    const t1 = now();
+    const t = msg.timings;
+    t.postToWorker = t.received - t0; // message to the worker (structured clone, queueing)
+    t.outputsOut = t1 - t.ranEnd - t.upsample; // outputs read and posted back
+    t.total = t1 - t0;
+    return new DecodeResult(msg, plan);
+  }
+
+  /** One dummy click on the current image, so that the first real click finds everything compiled and sized. */
+  async warmup() {
+    if (!this.image) return;
+    const s = this.imageSize;
+    await this.decode([[s / 2, s / 2, 1], [0, 0, -1]], null, true);
+  }
+}
+
+/** Records every pointer release's event time (the browser's own input timestamp), for click -> screen times. */
+export function recordInputTimes(stats) {
+  stats.lastInput = null;
+  window.addEventListener("mouseup", (ev) => { stats.lastInput = ev.timeStamp; }, { capture: true });
+  // Main-thread stalls: long tasks (> 50 ms) as the browser reports them.
+  stats.longTasks = [];
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) stats.longTasks.push({ start: e.startTime, ms: e.duration });
+    }).observe({ type: "longtask", buffered: true });
+  } catch (_) { /* no longtask support */ }
+}
