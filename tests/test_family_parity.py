@@ -439,6 +439,41 @@ def test_cli_segments_with_an_official_layout_checkpoint(tmp_path) -> None:
     args = ["segment", str(img), "--point", "60,50", "--model", "hq_vit_tiny", "--checkpoint", str(ckpt)]
     assert main([*args, "--out", str(out)]) == 0
     assert len(json.loads((out / "masks.json").read_text())["masks"]) == 1  # HQ-SAM: one mask
+    # --hq-token-only: the HQ token's mask alone, as SamPredictor gives it
+    assert main([*args, "--hq-token-only", "--out", str(tmp_path / "hq_only")]) == 0
+    from segany.images import load_image
+
+    predictor = SamPredictor(sam_model_registry["hq_vit_tiny"](checkpoint=ckpt))
+    predictor.set_image(load_image(img))
+    for flag, out_dir in ((True, "hq_only"), (False, "out")):
+        mask = predictor.predict(np.array([[60, 50]]), np.array([1]), hq_token_only=flag)[0][0]
+        assert np.array_equal(
+            cv2.imread(str(tmp_path / out_dir / "mask_0.png"), cv2.IMREAD_GRAYSCALE) > 0, mask
+        )
+
+
+def test_cli_family_options_are_refused_for_other_families(tmp_path, capsys) -> None:
+    """Family flags on the wrong family, and families the annotation page cannot decode: exit 2 with the reason."""
+    import cv2
+
+    from segany.cli import main
+
+    ckpt = tmp_path / "mobile_sam.pt"
+    torch.save(build_sam(CONFIGS["vit_t"]).state_dict(), ckpt)
+    img = tmp_path / "img.png"
+    cv2.imwrite(str(img), _image(40, 50, seed=3))
+    model = ["--model", "vit_t", "--checkpoint", str(ckpt)]
+    assert (
+        main(["segment", str(img), "--point", "5,5", *model, "--hq-token-only", "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert "--hq-token-only needs an HQ-SAM model" in capsys.readouterr().err
+    for flag, why in (("--hq-token-only", "needs an HQ-SAM model"), ("--use-m2m", "is a SAM 2 option")):
+        assert main(["auto", str(img), *model, flag, "--out", str(tmp_path / "a")]) == 2
+        assert why in capsys.readouterr().err
+    for kind in ("hq_vit_tiny", "sam2.1_hiera_tiny"):
+        assert main(["annotate", str(tmp_path), "--dev", "--model", kind, "--checkpoint", str(ckpt)]) == 2
+        assert "the annotation page cannot decode" in capsys.readouterr().out
 
 
 def test_onnx_export_refuses_hq_decoders() -> None:

@@ -26,7 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="where the database, uploads and embedding cache live (default: IMAGE_DIR/.segany)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default="default", help="model kind: default, vit_b, vit_l, vit_h, tiny")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model kind: default, vit_b, vit_l, vit_h, vit_t (MobileSAM), tiny; the page's in-browser decoder is "
+        "SAM's, so not hq_vit_* (HQ-SAM) or sam2*_hiera_* (SAM 2)",
+    )
     p.add_argument("--checkpoint", default=None, help="weights for --model (.safetensors or .pth)")
     p.add_argument("--quantize", action="store_true", help="serve the int8 decoder (smaller, faster in wasm)")
     p.add_argument("--admin-user", default="admin")
@@ -50,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from segany.engine.model import ModelSpec, ModelUnavailable
     from segany.engine.settings import PASSWORD_ENV
 
+    refused = _page_refuses(args.model)
+    if refused:
+        print(f"error: --model {args.model}: {refused}")
+        return 2
     image_dir = args.image_dir
     if not image_dir.is_dir():
         print(f"error: {image_dir} is not a folder")
@@ -95,3 +104,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"dev mode: this run's admin password is {settings.admin_password}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5)
     return 0
+
+
+def _page_refuses(kind: str) -> str:
+    """Why the annotation page cannot serve a model family ('' if it can): the page decodes clicks in the browser
+    with SAM's decoder graph on the stride-16 embedding alone."""
+    if kind.startswith("hq_"):
+        return (
+            "the annotation page cannot decode HQ-SAM (its HQ token needs the encoder's early features, which the "
+            "page's decoder does not take); annotate with vit_t or a SAM model, or use `segany segment` for HQ-SAM"
+        )
+    if kind.startswith("sam2"):
+        return (
+            "the annotation page cannot decode SAM 2 yet (its decoder also needs the stride-4/8 features, 12 MB per "
+            "image, and its geometry differs); annotate with a SAM / MobileSAM model, or use `segany segment`, "
+            "`segany auto` or `segany export-onnx` (SAM 2 graph with the high-resolution inputs) for SAM 2"
+        )
+    return ""

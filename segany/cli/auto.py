@@ -103,6 +103,22 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="screen stability at low resolution first (faster; may lose a few borderline masks)",
     )
+    g.add_argument(
+        "--hq-token-only",
+        action="store_const",
+        const=True,
+        default=None,
+        help="HQ-SAM models (hq_vit_*): the HQ token's mask alone (default, as the official: SAM's best mask plus "
+        "the HQ token's)",
+    )
+    g.add_argument(
+        "--use-m2m",
+        action="store_const",
+        const=True,
+        default=None,
+        help="SAM 2 models: decode every mask again with its own low-res logits as the mask prompt (official "
+        "SAM 2 generator option, off by default)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +133,18 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         require("auto --engine ray", "ray")
 
-    dests = [dest for _f, dest, _t, _h in _GENERATOR_FLAGS] + ["fast"]
+    from segany.cli.errors import CommandError
+
+    # family options: refused here by the model's name, before any worker loads it
+    if args.hq_token_only and not args.model.startswith("hq_"):
+        raise CommandError(
+            f"--hq-token-only needs an HQ-SAM model (--model hq_vit_*), not --model {args.model}"
+        )
+    if args.use_m2m and not args.model.startswith("sam2"):
+        raise CommandError(
+            f"--use-m2m is a SAM 2 option (--model sam2*_hiera_*), not for --model {args.model}"
+        )
+    dests = [dest for _f, dest, _t, _h in _GENERATOR_FLAGS] + ["fast", "hq_token_only", "use_m2m"]
     overrides = {dest: getattr(args, dest) for dest in dests if getattr(args, dest) is not None}
     try:
         generator_kwargs = batch.resolve_generator_kwargs(args.preset, overrides)

@@ -56,6 +56,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--single", action="store_true", help="return one mask instead of three (ambiguity off)")
     p.add_argument(
+        "--hq-token-only",
+        action="store_true",
+        help="HQ-SAM models (hq_vit_*): the HQ token's mask alone (default, as the official: SAM's best mask plus "
+        "the HQ token's)",
+    )
+    p.add_argument(
         "--embedding", default=None, help="cache file from `segany embed`: loaded if present, else written"
     )
     p.add_argument("--out", required=True, help="output folder")
@@ -82,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     # Before the model is even built: a bad prompt fails in a second, not after the encoder.
     check_prompts(args.point, args.box, image.shape[1], image.shape[0])
     model = model_from_args(args)
+    if args.hq_token_only and not getattr(model, "is_hq", False):
+        raise CommandError(f"--hq-token-only needs an HQ-SAM model (hq_vit_*), not --model {args.model}")
     predictor = predictor_from_args(model, args)
     t1 = time.perf_counter()
     cache = Path(args.embedding) if args.embedding else None
@@ -104,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
     labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in args.point]) if args.point else None
     boxes = np.array(args.box) if args.box else None
     masks, scores, _ = predictor.predict(
-        point_coords=coords, point_labels=labels, box=boxes, multimask_output=not args.single
+        point_coords=coords,
+        point_labels=labels,
+        box=boxes,
+        multimask_output=not args.single,
+        hq_token_only=args.hq_token_only,
     )
     t3 = time.perf_counter()
     if masks.ndim == 3:  # one prompt: C×H×W → 1×C×H×W
