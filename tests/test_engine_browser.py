@@ -219,6 +219,25 @@ def _zoom_pan_click_maps_to_image_pixel(server: Server, browser) -> None:
     page.close()
 
 
+def _done_opens_the_next_image(server: Server, browser) -> None:
+    """The "Done" key (n) marks the image done and opens the next one in the project's order; p goes back."""
+    with server.client() as c:
+        images = c.get("/api/projects/1/images").json()
+    first, second = images[0]["id"], images[1]["id"]
+    page = _new_page(browser)
+    _login(page, server, image_id=first)
+    page.keyboard.press("n")
+    _wait_until(page, f"document.body.dataset.ready === '{second}'")
+    assert page.locator("#image-name").text_content() == images[1]["file_name"]
+    _wait_until(page, "document.getElementById('progress').textContent.includes('1 done')")
+    with server.client() as c:
+        assert c.get(f"/api/images/{first}").json()["done"] is True
+    page.keyboard.press("p")
+    _wait_until(page, f"document.body.dataset.ready === '{first}'")
+    assert len(page.evaluate("window.seganyStats.openMs")) == 3
+    page.close()
+
+
 def _image_id(server: Server, name: str) -> int:
     with server.client() as c:
         return next(im["id"] for im in c.get("/api/projects/1/images").json() if im["file_name"] == name)
@@ -281,6 +300,7 @@ def test_annotation_page_in_chromium(server: Server, browser, tmp_path: Path) ->
     _xss_file_name_rendered_as_text(server, browser)
     _zoom_pan_click_maps_to_image_pixel(server, browser)
     _upload_caps_and_xss_name(server, browser, tmp_path)
+    _done_opens_the_next_image(server, browser)
     page = _new_page(browser)
     times = _decode_times(page, server, 10)
     _report("tiny model", page, times)

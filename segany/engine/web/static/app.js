@@ -82,13 +82,15 @@ $("logout").addEventListener("click", async () => {
 async function openTool() {
   $("login").hidden = true;
   $("tool").hidden = false;
-  const projects = await (await api("GET", "/api/projects")).json();
+  const [projects, model] = await Promise.all([
+    api("GET", "/api/projects").then((r) => r.json()), api("GET", "/api/model").then((r) => r.json()),
+  ]);
   if (!projects.length) { setStatus("no project"); return; }
   state.project = projects[0];
   $("project-name").textContent = state.project.name;
   $("export-coco").href = `/api/projects/${state.project.id}/export?format=coco`;
   $("export-sa1b").href = `/api/projects/${state.project.id}/export?format=sa1b`;
-  state.model = await (await api("GET", "/api/model")).json();
+  state.model = model;
   // The decoder loads while the first image and its embedding do; openImage waits for both.
   state.decoderReady = loadDecoder();
   state.decoderReady.catch(() => {}); // reported by openImage
@@ -96,7 +98,7 @@ async function openTool() {
   const params = new URLSearchParams(location.hash.slice(1));
   const wanted = Number(params.get("image"));
   const i = state.images.findIndex((im) => im.id === wanted);
-  await openImage(i >= 0 ? i : Math.max(0, state.images.findIndex((im) => !im.done)));
+  await openImage(i >= 0 ? i : Math.max(0, state.images.findIndex((im) => !im.done)), true);
 }
 
 // Loads the exported decoder (per-click and per-image graphs) into its worker (decode.js).
@@ -111,13 +113,17 @@ async function loadDecoder() {
 
 async function refreshImages() {
   state.images = await (await api("GET", `/api/projects/${state.project.id}/images`)).json();
+  showProgress();
+}
+
+function showProgress() {
   const done = state.images.filter((im) => im.done).length;
   $("progress").textContent = `image ${state.index + 1} of ${state.images.length} · ${done} done`;
 }
 
 // ---- images and embeddings ----------------------------------------------------------------------------------
 
-async function openImage(i) {
+async function openImage(i, listFresh = false) {
   if (!state.images.length) { setStatus("no images"); return; }
   const seq = ++state.openSeq; // a newer openImage (n pressed twice) wins
   const t0 = performance.now();
@@ -143,7 +149,8 @@ async function openImage(i) {
     img.onload = resolve; img.onerror = () => reject(new Error("image failed to load"));
     img.src = `/api/images/${image.id}/file`;
   });
-  await Promise.all([shown, loadAnnotations(), refreshImages()]);
+  if (listFresh) showProgress();
+  await Promise.all([shown, loadAnnotations(), listFresh ? null : refreshImages()]);
   if (seq !== state.openSeq) return;
   setStatus("computing embedding…");
   const emb = await embedding;
@@ -620,9 +627,11 @@ async function prefill() {
 }
 
 async function finishImage() {
-  await api("PUT", `/api/images/${state.image.id}/status`, { done: true });
-  await refreshImages();
+  // Marked done while the next image opens (its embedding was prefetched by the server).
+  const done = api("PUT", `/api/images/${state.image.id}/status`, { done: true });
+  done.catch((e) => setStatus(`could not mark the image done: ${e.message}`));
   await openImage(state.index + 1);
+  try { await done; await refreshImages(); } catch (_) { /* reported above */ }
 }
 
 $("upload").addEventListener("change", async () => {
