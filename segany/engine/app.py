@@ -280,6 +280,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
             raise HTTPException(403, "cross-site request refused")
 
     def principal(request: Request) -> store.Principal:
+        model.touch()  # background prefetching waits for a quiet moment
         token, via_cookie = None, False
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and value.strip():

@@ -2,13 +2,13 @@
 stage-2 pre-fill masks.
 
 The model is an operator setting (``--model``/``--checkpoint``); nothing a client sends selects or loads a model
-file. Torch is imported only when the first embedding, decoder or pre-fill is asked for, so the server starts
-(and restarts after a crash) in about a second; `segany annotate` then calls `ModelService.warm_up` before it
-listens, so the first page never waits for the model or the decoder export.
+file. Building the app imports no torch; `segany annotate` calls `ModelService.warm_up` (torch, the model, the
+decoder export, cached on disk) before it listens, so the first page never waits for them.
 
 Embeddings the annotator will need next are computed in the background (`ModelService.prefetch`): one at a time,
-at the lowest CPU priority, giving way to on-demand requests (a prefetch for another image stops at its next
-encoder layer) and never computed twice (an on-demand request for the image being prefetched waits for it).
+at the lowest CPU priority, after a quiet moment (no request for `PREFETCH_QUIET_S`), giving way to on-demand
+requests (a prefetch for another image stops at its next encoder layer) and never computed twice (an on-demand
+request for the image being prefetched waits for it).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("segany.engine")
+
+
+PREFETCH_QUIET_S = 0.3  # a background embedding starts only after this long without a request
 
 
 class ModelUnavailable(RuntimeError):
@@ -131,6 +134,7 @@ class ModelService:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.prefetched: list[str] = []  # images the prefetcher computed (for tests and benchmarks)
+        self._last_request = 0.0
 
     @property
     def key(self) -> str:
@@ -317,12 +321,23 @@ class ModelService:
         with self._cond:
             return self._closed or self._stop_current or any(s != sha for s in self._demanded)
 
+    def touch(self) -> None:
+        """A request was served: the prefetcher waits until the server has been quiet for `PREFETCH_QUIET_S`
+        (a page loading its image, masks and decoder is not slowed by a background embedding)."""
+        self._last_request = time.monotonic()
+
     def _prefetch_loop(self) -> None:
         _lowest_priority()
         while True:
             with self._cond:
-                while not self._closed and (not self._queue or self._demanded):
-                    self._cond.wait()
+                while not self._closed:
+                    if not self._queue or self._demanded:
+                        self._cond.wait()
+                        continue
+                    quiet = self._last_request + PREFETCH_QUIET_S - time.monotonic()
+                    if quiet <= 0:
+                        break
+                    self._cond.wait(quiet)
                 if self._closed:
                     return
                 sha, load_rgb = self._queue.pop(0)
