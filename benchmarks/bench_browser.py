@@ -92,23 +92,30 @@ async function official(cfg, emb) {
 }
 
 async function segany(cfg, emb) {
-  const [clickBytes, imageBytes] = await Promise.all([get(cfg.clickUrl), get(cfg.imageUrl)]);
-  const dec = await PageDecoder.create({ clickBytes, imageBytes, imageSize: cfg.imageSize, numThreads: cfg.threads });
+  const [clickBytes, imageBytes, upscaleBytes] = await Promise.all([get(cfg.clickUrl), get(cfg.imageUrl), get(cfg.upscaleUrl)]);
+  const dec = await PageDecoder.create({ clickBytes, imageBytes, upscaleBytes, imageSize: cfg.imageSize, numThreads: cfg.threads });
   const t0 = performance.now();
   const img = await dec.setImage("bench", { data: emb, shape: cfg.shape }, cfg.height, cfg.width);
   const perImage = performance.now() - t0;
-  const res = []; const corrective = [];
+  const res = []; const corrective = []; const padding = [];
+  // Between clicks the worker upscales the previous click's padding rows (after its mask is shown); a person
+  // never clicks within those few ms, so each click here waits for the worker to be idle, as a person would.
+  const click = async (points, mask, single) => {
+    const idle = await dec.idle();
+    if (idle.lastComplete) padding.push(idle.lastComplete);
+    return dec.decode(points, mask, single);
+  };
   for (let i = 0; i < cfg.clicks.length + cfg.warm; i++) {
     const [x, y] = cfg.clicks[Math.max(0, i - cfg.warm)];
-    const r = await dec.decode([[x, y, 1], [0, 0, -1]], null, true);
+    const r = await click([[x, y, 1], [0, 0, -1]], null, true);
     if (i >= cfg.warm) res.push(r.timings);
     if (i >= cfg.warm && corrective.length < cfg.corrective) { // a second point, the first mask fed back
       const [x2, y2] = cfg.clicks[(i + 3) % cfg.clicks.length];
-      const r2 = await dec.decode([[x, y, 1], [x2, y2, 0], [0, 0, -1]], r.lowRes(r.order[0]), false);
+      const r2 = await click([[x, y, 1], [x2, y2, 0], [0, 0, -1]], r.lowRes(r.order[0]), false);
       corrective.push(r2.timings);
     }
   }
-  return { results: res, corrective, perImage, imageMs: img.imageMs, info: dec.info };
+  return { results: res, corrective, padding, perImage, imageMs: img.imageMs, info: dec.info };
 }
 
 window.benchRun = async (cfg) => {
@@ -189,11 +196,70 @@ def export_vit_b(out: Path) -> dict[str, Any]:
     sam = sam_model_registry["vit_b"]().eval()
     sam.load_state_dict(official.state_dict())
     export_page_decoder(sam, out / "segany_vit_b.onnx")
+    export_page_decoder(sam, out / "segany_vit_b_int8.onnx", quantize=True)
     export_decoder(sam, out / "previous_vit_b.onnx")  # the page's decoder before issue 14 (one graph)
     torch.manual_seed(1)
     emb = torch.randn(1, 256, *emb_hw).numpy().astype("<f4")
     emb.tofile(out / "vit_b_embedding.f32")
     return {"shape": [1, 256, *emb_hw], "low": 4 * emb_hw[0], "image_size": 1024}
+
+
+def int8_agreement(image_path: Path, folder: Path, n: int = 12) -> dict[str, Any]:
+    """The shipped model's page decoder, float32 and int8 (onnxruntime, CPU), against SamPredictor: single clicks
+    on the photo, masks compared at the image's size."""
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+
+    from segany.build import sam_model_registry
+    from segany.onnx_export import PAGE_IMAGE_OUTPUTS, export_page_decoder, page_graph_path
+    from segany.predictor import SamPredictor
+
+    sam = sam_model_registry["default"]().eval()
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    pred = SamPredictor(sam)
+    pred.set_image(image)
+    h, w = sam.prompt_encoder.image_embedding_size
+    rng = np.random.default_rng(2)
+    clicks = rng.uniform(0.1, 0.9, (n, 2)) * [image.shape[1], image.shape[0]]
+    out: dict[str, Any] = {}
+    for name, quantize in (("float32", False), ("int8", True)):
+        path = folder / f"default_{name}.onnx"
+        export_page_decoder(sam, path, quantize=quantize)
+        sess = [
+            ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+            for f in (page_graph_path(path, "image"), path)
+        ]
+        per_image = dict(
+            zip(
+                PAGE_IMAGE_OUTPUTS,
+                sess[0].run(None, {"image_embeddings": pred.get_image_embedding().numpy()}),
+                strict=True,
+            )
+        )
+        diffs, ious = [], []
+        for x, y in clicks:
+            masks, scores, _ = pred.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
+            k = int(np.argmax(scores))
+            mx, my = pred.transform.apply_coords(np.array([[x, y]]), image.shape[:2])[0]
+            feeds = {**per_image, "point_coords": np.array([[[mx, my], [0, 0]]], np.float32),
+                     "point_labels": np.array([[1, -1]], np.float32), "mask_input": np.zeros((1, 1, 4 * h, 4 * w), np.float32),
+                     "has_mask_input": np.zeros(1, np.float32), "upscale_rows": np.array([h], np.float32)}  # fmt: skip
+            low = sess[1].run(None, feeds)[0][:, 1 + k : 2 + k]
+            got = (
+                sam.postprocess_masks(torch.from_numpy(low), pred.input_size, image.shape[:2])[0, 0].numpy()
+                > 0
+            )
+            diffs.append(int((got != masks[k]).sum()))
+            union = np.logical_or(got, masks[k]).sum()
+            ious.append(float(np.logical_and(got, masks[k]).sum() / union) if union else 1.0)
+        out[name] = {
+            "identical": sum(d == 0 for d in diffs),
+            "n": n,
+            "max_pixels": max(diffs),
+            "min_iou": min(ious),
+        }
+    return out
 
 
 class HarnessServer:
@@ -352,6 +418,8 @@ def main() -> int:
         t = time.perf_counter()
         vit = export_vit_b(bench)
         print(f"  {time.perf_counter() - t:.0f} s")
+        print("the default model's page decoder, float32 and int8, against SamPredictor ...", flush=True)
+        report["agreement"] = agreement = int8_agreement(tmp / "images" / "photo.png", bench)
         data = tmp / "data"
         print("starting the annotation server (default model) ...", flush=True)
         srv = Server(tmp / "images", data, f"sqlite:///{data}/db.sqlite", extra=["--model", "default"])
@@ -380,8 +448,15 @@ def main() -> int:
                     "ViT-B: previous page decoder (one graph, full-size masks, main thread) ...", flush=True
                 )
                 runs["previous page"] = harness_run(harness.base, browser, {**common, "kind": "official", "url": "/bench/previous_vit_b.onnx", "threads": 0, "threshold": True})  # fmt: skip
-                print("ViT-B: segany page decoder ...", flush=True)
-                runs["segany"] = harness_run(harness.base, browser, {**common, "kind": "segany", "clickUrl": "/bench/segany_vit_b.onnx", "imageUrl": "/bench/segany_vit_b.image.onnx", "imageSize": s, "threads": 0, "corrective": 5})  # fmt: skip
+                for name, stem, threads in [
+                    ("segany", "segany_vit_b", 0),  # the page's setting: min(4, hardwareConcurrency) threads
+                    ("segany 1t", "segany_vit_b", 1),
+                    ("segany int8 (opt-in --quantize)", "segany_vit_b_int8", 0),
+                ]:
+                    print(f"ViT-B: {name} ...", flush=True)
+                    urls = {"clickUrl": f"/bench/{stem}.onnx", "imageUrl": f"/bench/{stem}.image.onnx",
+                            "upscaleUrl": f"/bench/{stem}.upscale.onnx"}  # fmt: skip
+                    runs[name] = harness_run(harness.base, browser, {**common, **urls, "kind": "segany", "imageSize": s, "threads": threads, "corrective": 5})  # fmt: skip
                 report["vit_b"] = runs
                 browser.close()
         finally:
@@ -417,9 +492,15 @@ def main() -> int:
     print(f"\nsegany page decoder (to the binary mask) {ours:.1f} ms vs official at its best ({best_name}, to logits) "
           f"{best:.1f} ms: {best / ours:.2f}x faster")  # fmt: skip
     print(f"segany per-image graph (once per image): {runs['segany']['imageMs']:.1f} ms; corrective click (mask input) "
-          f"median {med([x['total'] for x in runs['segany']['corrective']]):.1f} ms")  # fmt: skip
+          f"median {med([x['total'] for x in runs['segany']['corrective']]):.1f} ms; padding rows after each mask "
+          f"(off the click's path) median {med(runs['segany']['padding']):.1f} ms")  # fmt: skip
+    q = med([x["total"] for x in runs["segany int8 (opt-in --quantize)"]["results"]])
+    print(f"segany int8 (opt-in, masks not guaranteed equal to SamPredictor's): {q:.1f} ms, {best / q:.2f}x")
     print("segany ViT-B stage split:")
     split_table([("ViT-B single", runs["segany"]["results"])])
+    for name, a in agreement.items():
+        print(f"default model, page decoder {name} vs SamPredictor, {a['n']} single clicks: {a['identical']} masks "
+              f"identical, at most {a['max_pixels']} pixels differ (min IoU {a['min_iou']:.5f})")  # fmt: skip
     dm = med([x["total"] for x in page["single"]])
     cs = med([x.get("clickToScreen") for x in page["single"]])
     print(

@@ -249,8 +249,12 @@ def export_decoder(
 
 PAGE_IMAGE_INPUTS = ["image_embeddings"]
 PAGE_IMAGE_OUTPUTS = ["image_tokens", "t2i_keys", "t2i_values", "i2t_queries"]
-PAGE_CLICK_INPUTS = [*PAGE_IMAGE_OUTPUTS, "point_coords", "point_labels", "mask_input", "has_mask_input"]
-PAGE_CLICK_OUTPUTS = ["low_res_masks", "iou_predictions"]
+PAGE_CLICK_INPUTS = [
+    *PAGE_IMAGE_OUTPUTS, "point_coords", "point_labels", "mask_input", "has_mask_input", "upscale_rows",
+]  # fmt: skip
+PAGE_CLICK_OUTPUTS = ["low_res_masks", "iou_predictions", "rest_keys", "hyper"]
+PAGE_UPSCALE_INPUTS = ["rest_keys", "hyper"]
+PAGE_UPSCALE_OUTPUTS = ["low_res_masks"]
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -403,7 +407,8 @@ class PageClickGraph(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        upscale_rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         p = self.p
         dec = p.mask_decoder
         tr = dec.transformer
@@ -470,38 +475,82 @@ class PageClickGraph(nn.Module):
         hyper = torch.stack(
             [mlp(qo[1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
         )  # C/8 x 4
-        low = self._upscale(keys, hyper)
-        return low, iou
+        # Only the first `upscale_rows` embedding rows now (those the image's pixels read); the rest, which
+        # covers the resize padding only, is returned for `PageUpscaleGraph` (the page runs it after showing the
+        # mask, so that a corrective click can feed back the whole low-res plane, as SamPredictor's).
+        ww = p.prompt_encoder.image_embedding_size[1]
+        split = upscale_rows.to(torch.int64)[0] * ww
+        n = keys.shape[0]
+        # Tensor ends make the tracer record dynamic Range ops (Python ints would be frozen into the graph).
+        shown = keys.index_select(0, torch.arange(split))  # type: ignore[call-overload]
+        rest = keys.index_select(0, torch.arange(split, n))  # type: ignore[call-overload]
+        return _upscale(p, shown, hyper), iou, rest, hyper
 
-    def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """``output_upscaling`` + hypernetwork product, channels-last: N x C -> 1 x 4 x 4h x 4w."""
-        conv1, norm, act1, conv2, act2 = self.p.mask_decoder.output_upscaling
-        hh, ww = self.p.prompt_encoder.image_embedding_size
-        c1, c2 = conv1.out_channels, conv2.out_channels
-        w1 = conv1.weight.permute(0, 2, 3, 1).flatten(1)  # Cin x (2*2*C1): (a, b, out) per input channel
-        x = (keys @ w1).reshape(-1, 4, c1) + conv1.bias  # N x 4 x C1
-        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        w2 = conv2.weight.permute(0, 2, 3, 1).flatten(1)  # C1 x (2*2*C2)
-        x = act2((x @ w2).reshape(-1, 16, c2) + conv2.bias)  # N x (a, b, a', b') x C2
-        m = x @ hyper  # N x 16 x 4
-        m = m.reshape(hh, ww, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)  # 4 x h x a x a' x w x b x b'
-        return m.reshape(1, -1, 4 * hh, 4 * ww)
+
+class PageUpscaleGraph(nn.Module):
+    """The output upscaling alone: image tokens (M x C, whole embedding rows) + hypernetwork weights (C/8 x 4)
+    -> ``low_res_masks`` 1 x 4 x (4 M / w) x 4w."""
+
+    def __init__(self, parts: _PageParts) -> None:
+        super().__init__()
+        self.p = parts
+
+    def forward(self, rest_keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        return _upscale(self.p, rest_keys, hyper)
+
+
+def _upscale(p: _PageParts, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    """``output_upscaling`` + hypernetwork product, channels-last: M x C (whole rows) -> 1 x 4 x 4r x 4w."""
+    conv1, norm, act1, conv2, act2 = p.mask_decoder.output_upscaling
+    ww = p.prompt_encoder.image_embedding_size[1]
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    w1 = conv1.weight.permute(0, 2, 3, 1).flatten(1)  # Cin x (2*2*C1): (a, b, out) per input channel
+    x = (keys @ w1).reshape(-1, 4, c1) + conv1.bias  # N x 4 x C1
+    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = conv2.weight.permute(0, 2, 3, 1).flatten(1)  # C1 x (2*2*C2)
+    x = act2((x @ w2).reshape(-1, 16, c2) + conv2.bias)  # N x (a, b, a', b') x C2
+    m = x @ hyper  # N x 16 x 4
+    m = m.reshape(-1, ww, 2, 2, 2, 2, 4).permute(6, 0, 2, 4, 1, 3, 5)  # 4 x r x a x a' x w x b x b'
+    return m.reshape(1, 4, -1, 4 * ww)
+
+
+PAGE_PARTS = ("image", "upscale")
+
+
+def page_graph_path(click_path: str | Path, part: str) -> Path:
+    """Where `export_page_decoder` writes its per-image (``part="image"``) or upscaling (``"upscale"``) graph,
+    next to the per-click graph ``click_path``."""
+    if part not in PAGE_PARTS:
+        raise ValueError(f"part must be one of {PAGE_PARTS}, got {part!r}")
+    click_path = Path(click_path)
+    return click_path.with_name(f"{click_path.stem}.{part}.onnx")
 
 
 def page_image_graph_path(click_path: str | Path) -> Path:
-    """Where `export_page_decoder` writes the per-image graph, next to the per-click graph ``click_path``."""
-    click_path = Path(click_path)
-    return click_path.with_name(click_path.stem + ".image.onnx")
+    """`page_graph_path` of the per-image graph."""
+    return page_graph_path(click_path, "image")
+
+
+def page_upscale_rows(height: int, width: int, img_size: int, emb_h: int) -> int:
+    """Embedding rows whose upscaled logits the image's pixels read: those covering the resized image (the rest
+    covers the padding), plus one low-res row of margin for the bilinear taps (as the page computes it)."""
+    s = img_size / max(height, width)
+    h_in = math.floor(height * s + 0.5)
+    low = 4 * emb_h
+    low_rows = min(low, math.ceil(h_in * low / img_size) + 1)
+    return min(emb_h, math.ceil(low_rows / 4))
 
 
 def export_page_decoder(
     sam: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET, quantize: bool = False
 ) -> dict[str, Any]:
-    """Write the page's two graphs: the per-click graph at ``out``, the per-image one at
-    `page_image_graph_path`\\ (``out``); ``out`` is written last, so its existence means both are complete.
+    """Write the page's three graphs: the per-click graph at ``out``, the per-image and upscaling ones at
+    `page_graph_path`\\ (``out``, part); ``out`` is written last, so its existence means all are complete.
 
-    ``quantize`` applies onnxruntime's dynamic int8 weight quantisation to the per-click graph's MatMuls (the
-    page's masks then differ from the predictor's at some boundary pixels; the default is float32).
+    ``quantize`` applies onnxruntime's dynamic int8 weight quantisation to the MatMuls with constant weights of
+    the per-click and upscaling graphs (mostly the output upscaling: the attention is folded into products of
+    activations, which stay float32). The page's masks then differ from the predictor's at some boundary pixels;
+    the default is float32.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -514,6 +563,7 @@ def export_page_decoder(
     image_graph = PageImageGraph(parts).eval()
     click_graph = PageClickGraph(parts).eval()
     image_path = page_image_graph_path(out)
+    upscale_path = page_graph_path(out, "upscale")
 
     def _export(
         model: nn.Module, args: tuple, path: Path, names: tuple[list[str], list[str]], dyn: dict
@@ -524,7 +574,7 @@ def export_page_decoder(
                 model, args, str(tmp), input_names=names[0], output_names=names[1], dynamic_axes=dyn,
                 opset_version=opset, do_constant_folding=True, export_params=True, dynamo=False,
             )  # fmt: skip
-        if quantize and path == out:
+        if quantize and path != image_path:  # the per-click and upscaling graphs
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             qtmp = path.with_name(path.name + ".q.tmp")
@@ -544,13 +594,30 @@ def export_page_decoder(
         torch.tensor([[1.0, 0.0, -1.0]]),
         torch.zeros(1, 1, 4 * h, 4 * w),
         torch.tensor([1.0]),
+        torch.tensor([float(h - 2)]),
     )
-    dyn = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    dyn = {
+        "point_coords": {1: "num_points"},
+        "point_labels": {1: "num_points"},
+        "low_res_masks": {2: "rows"},
+        "rest_keys": {0: "rest"},
+    }
+    with torch.no_grad():
+        _, _, rest, hyper = click_graph(*click_args)
+    up_dyn = {"rest_keys": {0: "rest"}, "low_res_masks": {2: "rows"}}
+    _export(
+        PageUpscaleGraph(parts).eval(),
+        (rest, hyper),
+        upscale_path,
+        (PAGE_UPSCALE_INPUTS, PAGE_UPSCALE_OUTPUTS),
+        up_dyn,
+    )
     _export(click_graph, click_args, out, (PAGE_CLICK_INPUTS, PAGE_CLICK_OUTPUTS), dyn)
     return {
         "path": str(out),
         "image_path": str(image_path),
-        "bytes": out.stat().st_size + image_path.stat().st_size,
+        "upscale_path": str(upscale_path),
+        "bytes": sum(f.stat().st_size for f in (out, image_path, upscale_path)),
         "quantized": quantize,
         "opset": opset,
         "image_size": parts.img_size,

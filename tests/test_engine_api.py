@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from segany.engine import ConfigError, EngineSettings, create_app
 from segany.engine.model import ModelSpec
-from segany.onnx_export import PAGE_CLICK_INPUTS, PAGE_IMAGE_INPUTS
+from segany.onnx_export import PAGE_CLICK_INPUTS, PAGE_IMAGE_INPUTS, PAGE_UPSCALE_INPUTS
 
 BASE = "https://testserver"  # https so that the Secure session cookie is sent back
 
@@ -362,6 +362,9 @@ def test_embedding_computed_once_and_cached_on_disk(env) -> None:
     assert [i.name for i in graph.input] == PAGE_CLICK_INPUTS
     graph = onnx.load_model_from_string(client.get("/api/model/decoder.image.onnx").content).graph
     assert [i.name for i in graph.input] == PAGE_IMAGE_INPUTS
+    graph = onnx.load_model_from_string(client.get("/api/model/decoder.upscale.onnx").content).graph
+    assert [i.name for i in graph.input] == PAGE_UPSCALE_INPUTS
+    assert client.get("/api/model/decoder.other.onnx").status_code == 404
 
 
 def test_prefill_marks_model_masks_and_runs_once(tmp_path: Path) -> None:

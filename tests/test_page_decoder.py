@@ -26,8 +26,11 @@ from segany.onnx_export import (
     PAGE_CLICK_OUTPUTS,
     PAGE_IMAGE_INPUTS,
     PAGE_IMAGE_OUTPUTS,
+    PAGE_UPSCALE_INPUTS,
+    PAGE_UPSCALE_OUTPUTS,
     export_page_decoder,
-    page_image_graph_path,
+    page_graph_path,
+    page_upscale_rows,
 )
 from segany.predictor import SamPredictor
 
@@ -37,12 +40,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
 
 def _sessions(sam, path: Path):
+    """(per-image, per-click, upscaling) onnxruntime sessions of the page's export."""
     export_page_decoder(sam, path)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    img = ort.InferenceSession(str(page_image_graph_path(path)), so, providers=["CPUExecutionProvider"])
-    click = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return img, click
+    return tuple(
+        ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+        for f in (page_graph_path(path, "image"), path, page_graph_path(path, "upscale"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +57,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     return sam, *_sessions(sam, tmp_path_factory.mktemp("page") / "decoder.onnx")
 
 
-def _page_feeds(per_image, points: list[tuple[float, float, float]], mask: np.ndarray | None, s: int):
+def _page_feeds(
+    per_image,
+    points: list[tuple[float, float, float]],
+    mask: np.ndarray | None,
+    s: int,
+    rows: int | None = None,
+):
     feeds = dict(zip(PAGE_IMAGE_OUTPUTS, per_image, strict=True))
     feeds["point_coords"] = np.array([[[x, y] for x, y, _ in points]], np.float32)
     feeds["point_labels"] = np.array([[lab for _, _, lab in points]], np.float32)
     feeds["mask_input"] = np.zeros((1, 1, s, s), np.float32) if mask is None else mask.reshape(1, 1, s, s)
     feeds["has_mask_input"] = np.array([0.0 if mask is None else 1.0], np.float32)
+    feeds["upscale_rows"] = np.array([s // 4 if rows is None else rows], np.float32)
     return feeds
 
 
@@ -73,7 +85,7 @@ PROMPTS = {
 
 @pytest.mark.parametrize("prompt", sorted(PROMPTS))
 def test_split_graphs_match_torch_decoder(tiny, prompt: str) -> None:
-    sam, img_sess, click_sess = tiny
+    sam, img_sess, click_sess, _ = tiny
     pe = sam.prompt_encoder
     h, w = pe.image_embedding_size
     gen = torch.Generator().manual_seed(len(prompt))
@@ -93,17 +105,42 @@ def test_split_graphs_match_torch_decoder(tiny, prompt: str) -> None:
     out = click_sess.run(
         None, _page_feeds(per_image, page_pts, None if mask is None else mask.numpy(), 4 * h)
     )
-    assert out[0].shape == (1, 4, 4 * h, 4 * w) and out[1].shape == (1, 4)
+    assert out[0].shape == (1, 4, 4 * h, 4 * w) and out[1].shape == (1, 4) and out[2].shape[0] == 0
     assert np.abs(out[0] - low.numpy()).max() < TOL
     assert np.abs(out[1] - iou.numpy()).max() < TOL
 
 
+@pytest.mark.parametrize("rows", [0, 1, 9, 15])
+def test_rows_shown_first_then_the_padding_rows(tiny, rows: int) -> None:
+    """The click graph upscales the first `rows` embedding rows; the upscaling graph, from its rest_keys and
+    hyper outputs, gives the others: together, the whole low-res planes."""
+    sam, img_sess, click_sess, up_sess = tiny
+    pe = sam.prompt_encoder
+    h, w = pe.image_embedding_size
+    emb = np.random.default_rng(rows).standard_normal((1, pe.embed_dim, h, w)).astype(np.float32)
+    per_image = img_sess.run(None, {"image_embeddings": emb})
+    pts = [(60.0, 90.0, 1.0), (0.0, 0.0, -1.0)]
+    full = click_sess.run(None, _page_feeds(per_image, pts, None, 4 * h))[0]
+    shown, _, rest, hyper = click_sess.run(None, _page_feeds(per_image, pts, None, 4 * h, rows))
+    assert shown.shape == (1, 4, 4 * rows, 4 * w) and rest.shape == ((h - rows) * w, pe.embed_dim)
+    (padding,) = up_sess.run(None, {"rest_keys": rest, "hyper": hyper})
+    assert np.abs(np.concatenate([shown, padding], axis=2) - full).max() < 1e-6
+
+
+def test_upscale_rows_cover_the_image() -> None:
+    # 854x480 at 1024 (ViT-B): the resized image has 576 of 1024 rows = 144 low-res rows, +1 margin -> 37 of 64
+    assert page_upscale_rows(480, 854, 1024, 64) == 37
+    assert page_upscale_rows(854, 480, 1024, 64) == 64 and page_upscale_rows(100, 100, 512, 32) == 32
+
+
 def test_graph_names_and_dynamic_points(tiny) -> None:
-    _, img_sess, click_sess = tiny
+    _, img_sess, click_sess, up_sess = tiny
     assert [i.name for i in img_sess.get_inputs()] == PAGE_IMAGE_INPUTS
     assert [o.name for o in img_sess.get_outputs()] == PAGE_IMAGE_OUTPUTS
     assert [i.name for i in click_sess.get_inputs()] == PAGE_CLICK_INPUTS
     assert [o.name for o in click_sess.get_outputs()] == PAGE_CLICK_OUTPUTS
+    assert [i.name for i in up_sess.get_inputs()] == PAGE_UPSCALE_INPUTS
+    assert [o.name for o in up_sess.get_outputs()] == PAGE_UPSCALE_OUTPUTS
     shapes = {i.name: i.shape for i in click_sess.get_inputs()}
     assert shapes["point_coords"][1] == "num_points" and shapes["point_labels"][1] == "num_points"
 
@@ -128,7 +165,7 @@ def default_model():
 def test_default_model_graphs_give_predictor_masks(default_model, tmp_path: Path) -> None:
     """The shipped model: graph logits upsampled as SamPredictor does give its masks, click after click."""
     sam = default_model
-    img_sess, click_sess = _sessions(sam, tmp_path / "decoder.onnx")
+    img_sess, click_sess, _ = _sessions(sam, tmp_path / "decoder.onnx")
     image = _image()
     pred = SamPredictor(sam)
     pred.set_image(image)

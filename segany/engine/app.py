@@ -568,12 +568,15 @@ def create_app(settings: EngineSettings) -> FastAPI:
         return FileResponse(model.decoder_path(), media_type="application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
 
-    @app.get("/api/model/decoder.image.onnx", response_class=FileResponse)
-    def decoder_image(_who: Who) -> FileResponse:
-        """The decoder's per-image graph (run once per image in the page, before the per-click graph)."""
-        from segany.onnx_export import page_image_graph_path
+    @app.get("/api/model/decoder.{part}.onnx", response_class=FileResponse)
+    def decoder_part(part: str, _who: Who) -> FileResponse:
+        """The decoder's other graphs: ``image`` (once per image, before the per-click graph) and ``upscale``
+        (the low-res rows under the resize padding, after a click's mask is shown)."""
+        from segany.onnx_export import PAGE_PARTS, page_graph_path
 
-        return FileResponse(page_image_graph_path(model.decoder_path()), media_type="application/octet-stream",
+        if part not in PAGE_PARTS:
+            raise HTTPException(404, "no such decoder graph")
+        return FileResponse(page_graph_path(model.decoder_path(), part), media_type="application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
 
     return app

@@ -105,10 +105,11 @@ async function openTool() {
 async function loadDecoder() {
   recordInputTimes(window.seganyStats);
   const get = async (url) => (await api("GET", url)).arrayBuffer();
-  const [clickBytes, imageBytes] = await Promise.all([
-    get(state.model.decoder_url), get(state.model.decoder_url.replace(/\.onnx$/, ".image.onnx")),
+  const part = (name) => state.model.decoder_url.replace(/\.onnx$/, `.${name}.onnx`);
+  const [clickBytes, imageBytes, upscaleBytes] = await Promise.all([
+    get(state.model.decoder_url), get(part("image")), get(part("upscale")),
   ]);
-  state.session = await PageDecoder.create({ clickBytes, imageBytes, imageSize: state.model.image_size });
+  state.session = await PageDecoder.create({ clickBytes, imageBytes, upscaleBytes, imageSize: state.model.image_size });
 }
 
 async function refreshImages() {

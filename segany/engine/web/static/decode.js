@@ -1,8 +1,9 @@
 // segany's decode path: the exported decoder runs in a Web Worker (decoder-worker.js), so the page never blocks.
 //
 // Per image, the worker runs the per-image graph once (the image tokens and the first two-way block's image-side
-// projections); per click it runs only the per-click graph, which returns the four low-resolution logit planes
-// (4 x s x s) and the IoU predictions. The mask shown and saved is the chosen plane upsampled exactly as
+// projections); per click it runs only the per-click graph, which returns the IoU predictions and the four
+// low-resolution logit planes for the rows the image's pixels read (4 x r x s; the rows under the resize padding
+// are upscaled by a third graph after the mask is shown, so that a corrective click feeds back the whole plane). The mask shown and saved is the chosen plane upsampled exactly as
 // SamPredictor does it (bilinear to the model's input size, crop the padding, bilinear to the image size,
 // align_corners=False, threshold at 0), computed straight at the image's size: each output pixel is a weighted
 // sum of at most 4 x 4 low-resolution logits, and where all of them have the same sign (most of the image) the
@@ -31,17 +32,20 @@ export function axisTaps(nOut, nCrop, lowSize, imgSize) {
   return { idx, wt, lo, hi };
 }
 
-/** The upsampling plan of one image: ResizeLongestSide's input size, and the taps of both axes. */
+/** The upsampling plan of one image: ResizeLongestSide's input size, the taps of both axes, and the embedding
+ * rows whose upscaled logits those taps read (`upRows`, of lowSize / 4). */
 export function upsamplePlan(height, width, imgSize, lowSize) {
   const s = imgSize / Math.max(height, width);
   const hIn = Math.floor(height * s + 0.5); const wIn = Math.floor(width * s + 0.5);
-  return { height, width, lowSize, rows: axisTaps(height, hIn, lowSize, imgSize), cols: axisTaps(width, wIn, lowSize, imgSize) };
+  const rows = axisTaps(height, hIn, lowSize, imgSize); const cols = axisTaps(width, wIn, lowSize, imgSize);
+  const upRows = Math.ceil((Math.max(...rows.hi) + 1) / 4);
+  return { height, width, lowSize, rows, cols, upRows, lowRows: 4 * upRows };
 }
 
-/** Binary mask (Uint8Array, row-major height x width) of plane k of the 4 x s x s low-res logits. */
+/** Binary mask (Uint8Array, row-major height x width) of plane k of low-res logits 4 x plan.lowRows x s. */
 export function upsampleMask(low, k, plan) {
   const { height: H, width: W, lowSize: s, rows, cols } = plan;
-  const plane = k * s * s;
+  const plane = k * plan.lowRows * s;
   const out = new Uint8Array(H * W);
   const c0 = cols.lo[0]; const c1 = cols.hi[W - 1] + 1; // low-res columns any output pixel reads
   const row = new Float64Array(s); const pos = new Int32Array(s + 1);
@@ -94,7 +98,7 @@ const now = () => performance.timeOrigin + performance.now(); // comparable betw
 /** One decode's answer: the low-res logits and IoUs, the planes in display order, and binary masks on demand. */
 class DecodeResult {
   constructor(msg, plan) {
-    this.low = msg.low; this.iou = msg.iou; this.order = msg.order;
+    this.id = msg.resultId; this.low = msg.low; this.iou = msg.iou; this.order = msg.order;
     this.h = plan.height; this.w = plan.width;
     this.plan = plan;
     this.masks = new Map([[msg.order[0], msg.mask]]);
@@ -107,10 +111,10 @@ class DecodeResult {
     return this.masks.get(k);
   }
 
-  /** Plane k's low-res logits (s x s), the mask input of a corrective click. */
+  /** Plane k's whole low-res logits (s x s), the mask input of a corrective click: a reference to the copy
+   * the worker keeps (it completes the padding rows after showing the mask); `decode` takes it as is. */
   lowRes(k) {
-    const n = this.low.length / 4;
-    return this.low.slice(k * n, (k + 1) * n);
+    return { resultId: this.id, plane: k };
   }
 }
 
@@ -132,11 +136,12 @@ export class PageDecoder {
     };
   }
 
-  static async create({ clickBytes, imageBytes, imageSize, numThreads, workerUrl }) {
+  static async create({ clickBytes, imageBytes, upscaleBytes, imageSize, numThreads, workerUrl }) {
     const url = workerUrl || new URL("./decoder-worker.js", import.meta.url);
     const worker = new Worker(url, { type: "module", name: "segany-decoder" });
     const dec = new PageDecoder(worker, null);
-    dec.info = await dec.call("init", { clickBytes, imageBytes, imageSize, numThreads }, [clickBytes, imageBytes]);
+    const graphs = [clickBytes, imageBytes, upscaleBytes];
+    dec.info = await dec.call("init", { clickBytes, imageBytes, upscaleBytes, imageSize, numThreads }, graphs);
     dec.imageSize = imageSize;
     return dec;
   }
@@ -163,7 +168,7 @@ export class PageDecoder {
   }
 
   /** Decode one prompt: points [[x, y, label], ...] in the model's input frame (labels 1/0, box corners 2/3,
-   * -1 padding), the mask input (s x s logits) or null, `single` as maskOrder's. */
+   * -1 padding), the mask input (a result's lowRes(k), or s x s logits) or null, `single` as maskOrder's. */
   async decode(points, maskInput, single) {
     if (!this.image) throw new Error("no image");
     const { plan } = this.image;
@@ -171,16 +176,23 @@ export class PageDecoder {
     const n = points.length;
     const coords = new Float32Array(2 * n); const labels = new Float32Array(n);
     points.forEach(([x, y, l], i) => { coords[2 * i] = x; coords[2 * i + 1] = y; labels[i] = l; });
-    const mask = maskInput ? new Float32Array(maskInput) : null;
+    const ref = maskInput && maskInput.resultId !== undefined ? maskInput : null;
+    const mask = maskInput && !ref ? new Float32Array(maskInput) : null;
     const transfer = [coords.buffer, labels.buffer, ...(mask ? [mask.buffer] : [])];
     const t0 = now();
-    const msg = await this.call("decode", { coords, labels, mask, single }, transfer);
+    const msg = await this.call("decode", { coords, labels, mask, maskRef: ref, single }, transfer);
     const t1 = now();
     const t = msg.timings;
     t.postToWorker = t.received - t0; // message to the worker (structured clone, queueing)
     t.outputsOut = t1 - t.ranEnd - t.upsample; // outputs read and posted back
     t.total = t1 - t0;
     return new DecodeResult(msg, plan);
+  }
+
+  /** Resolves when the worker has nothing queued (a click's padding rows are upscaled after its mask is shown):
+   * {lastComplete: ms that took}. */
+  idle() {
+    return this.call("idle", {});
   }
 
   /** One dummy click on the current image, so that the first real click finds everything compiled and sized. */

@@ -7,8 +7,10 @@ ort.env.wasm.wasmPaths = new URL("./vendor/ort/", import.meta.url).href;
 
 const now = () => performance.timeOrigin + performance.now();
 const OPTIONS = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
-let click = null; let image = null; let imageSize = 0;
-let current = null; // { feeds: the per-image tensors, plan, noMask }
+let click = null; let image = null; let upscale = null; let imageSize = 0;
+let current = null; // { feeds: the per-image tensors, plan, noMask, ... }
+const results = new Map(); // the last few decodes' whole low-res logits (for mask inputs), by id
+let nextResult = 1; let lastComplete = 0;
 
 async function init(m) {
   // Threads need SharedArrayBuffer (cross-origin isolation); each thread is one more wasm worker.
@@ -16,9 +18,10 @@ async function init(m) {
   ort.env.wasm.numThreads = threads;
   ort.env.wasm.simd = true;
   imageSize = m.imageSize;
-  [click, image] = await Promise.all([
+  [click, image, upscale] = await Promise.all([
     ort.InferenceSession.create(new Uint8Array(m.clickBytes), OPTIONS),
     ort.InferenceSession.create(new Uint8Array(m.imageBytes), OPTIONS),
+    ort.InferenceSession.create(new Uint8Array(m.upscaleBytes), OPTIONS),
   ]);
   return { threads, crossOriginIsolated: self.crossOriginIsolated };
 }
@@ -26,12 +29,20 @@ async function init(m) {
 function run(m) {
   const t = { received: now() };
   const n = m.labels.length;
+  let mask = m.mask;
+  if (m.maskRef) { // a previous result's plane: its whole s x s logits, completed after it was shown
+    const r = results.get(m.maskRef.resultId);
+    if (!r || !r.full) throw new Error("the mask input's decode is gone");
+    const s2 = current.maskDims[2] * current.maskDims[3];
+    mask = r.full.subarray(m.maskRef.plane * s2, (m.maskRef.plane + 1) * s2);
+  }
   const feeds = {
     ...current.feeds,
     point_coords: new ort.Tensor("float32", m.coords, [1, n, 2]),
     point_labels: new ort.Tensor("float32", m.labels, [1, n]),
-    mask_input: m.mask ? new ort.Tensor("float32", m.mask, current.maskDims) : current.noMask,
-    has_mask_input: m.mask ? current.hasMask : current.hasNoMask,
+    mask_input: mask ? new ort.Tensor("float32", mask, current.maskDims) : current.noMask,
+    has_mask_input: mask ? current.hasMask : current.hasNoMask,
+    upscale_rows: current.upRows,
   };
   t.ranStart = now();
   t.feedsIn = t.ranStart - t.received;
@@ -54,7 +65,9 @@ async function setImage(m) {
     noMask: new ort.Tensor("float32", new Float32Array(s * s), [1, 1, s, s]),
     hasMask: new ort.Tensor("float32", new Float32Array([1]), [1]),
     hasNoMask: new ort.Tensor("float32", new Float32Array([0]), [1]),
+    upRows: new ort.Tensor("float32", new Float32Array([m.plan.upRows]), [1]),
   };
+  results.clear();
   const imageMs = now() - t0;
   // One click with this image's tensors, so that the first real click is as fast as the others.
   const c = imageSize / 2;
@@ -65,16 +78,41 @@ async function setImage(m) {
 async function decode(m) {
   const { out, t } = await run(m);
   const iou = out.iou_predictions.data;
-  let low = out.low_res_masks.data;
-  if (low.byteOffset !== 0 || low.buffer.byteLength !== low.byteLength) low = low.slice(); // own buffer, to transfer
+  const shown = out.low_res_masks.data; // 4 x r x s: the rows the image's pixels read
   const order = maskOrder(iou, m.single);
   const u0 = now();
-  const mask = upsampleMask(low, order[0], current.plan);
+  const mask = upsampleMask(shown, order[0], current.plan);
   t.upsample = now() - u0;
-  return { reply: { iou, low, order, mask, timings: t }, transfer: [low.buffer, mask.buffer] };
+  t.previousCompletion = lastComplete;
+  const id = nextResult++;
+  results.set(id, { shown, rest: out.rest_keys, hyper: out.hyper, full: null, dims: out.low_res_masks.dims });
+  for (const k of results.keys()) if (k <= id - 4) results.delete(k);
+  const low = shown.slice(); // the page's copy
+  return { reply: { resultId: id, iou, low, order, mask, timings: t }, transfer: [low.buffer, mask.buffer],
+    after: () => complete(id) };
 }
 
-const handlers = { init, image: setImage, decode };
+// After a mask is shown: the padding rows' logits, so that the whole plane can be a mask input.
+async function complete(id) {
+  const r = results.get(id);
+  if (!r || r.full) return;
+  const t0 = now();
+  const [, , rows, s] = r.dims; const total = current.maskDims[2];
+  const full = new Float32Array(4 * total * s);
+  let rest = null;
+  if (r.rest.dims[0] > 0) rest = (await upscale.run({ rest_keys: r.rest, hyper: r.hyper })).low_res_masks.data;
+  for (let k = 0; k < 4; k++) {
+    full.set(r.shown.subarray(k * rows * s, (k + 1) * rows * s), k * total * s);
+    if (rest) full.set(rest.subarray(k * (total - rows) * s, (k + 1) * (total - rows) * s), (k * total + rows) * s);
+  }
+  r.full = full; r.rest = null; r.hyper = null;
+  lastComplete = now() - t0;
+}
+
+// Answered once everything queued before it (a previous click's padding rows included) is done.
+const idle = async () => ({ lastComplete });
+
+const handlers = { init, image: setImage, decode, idle };
 let queue = Promise.resolve();
 self.onmessage = (ev) => {
   const m = ev.data;
@@ -83,6 +121,7 @@ self.onmessage = (ev) => {
       const r = await handlers[m.type](m);
       if (r && r.reply) self.postMessage({ id: m.id, ...r.reply }, r.transfer);
       else self.postMessage({ id: m.id, ...r });
+      if (r && r.after) await r.after(); // before the next message: a corrective click finds it done
     } catch (e) {
       self.postMessage({ id: m.id, error: String((e && e.message) || e) });
     }
