@@ -367,6 +367,33 @@ def test_embedding_computed_once_and_cached_on_disk(env) -> None:
     assert client.get("/api/model/decoder.other.onnx").status_code == 404
 
 
+def test_cache_is_keyed_by_the_weights_and_the_exporter(tmp_path: Path, monkeypatch) -> None:
+    """New weights never get another model's embeddings or decoder; a new exporter never serves an old export."""
+    import torch
+
+    from segany.build import sam_model_registry
+    from segany.engine import model as engine_model
+
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"w{seed}.pth")
+        torch.save(sam_model_registry["tiny"]().state_dict(), files[-1])
+    a, b = (
+        engine_model.ModelService(ModelSpec(kind="tiny", checkpoint=str(f)), tmp_path / "c") for f in files
+    )
+    assert a.key != b.key and a.key.startswith("tiny-") and len(a.key) == len("tiny-") + 16
+    a.warm_up()  # what `segany annotate` runs before it listens: the export is then on disk
+    exported = a.decoder_path()
+    assert exported.exists() and exported.parent.parent.name == a.key
+    assert engine_model.decoder_export_tag() in exported.name
+    stamp = exported.stat().st_mtime_ns
+    again = engine_model.ModelService(ModelSpec(kind="tiny", checkpoint=str(files[0])), tmp_path / "c")
+    assert again.decoder_path() == exported and exported.stat().st_mtime_ns == stamp  # a restart reuses it
+    monkeypatch.setattr(engine_model, "decoder_export_tag", lambda: "newexporter1")
+    assert again.decoder_path() != exported  # an upgraded exporter writes its own file
+
+
 def test_prefill_marks_model_masks_and_runs_once(tmp_path: Path) -> None:
     make_images(tmp_path / "images")
     # Thresholds off: the random tiny model is never "confident"; the real default keeps IoU > 0.9 only.
