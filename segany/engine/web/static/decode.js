@@ -38,7 +38,8 @@ export function upsamplePlan(height, width, imgSize, lowSize) {
   const s = imgSize / Math.max(height, width);
   const hIn = Math.floor(height * s + 0.5); const wIn = Math.floor(width * s + 0.5);
   const rows = axisTaps(height, hIn, lowSize, imgSize); const cols = axisTaps(width, wIn, lowSize, imgSize);
-  const upRows = Math.ceil((Math.max(...rows.hi) + 1) / 4);
+  let last = 0; for (const k of rows.hi) last = Math.max(last, k); // (no spread: images may have 100k rows)
+  const upRows = Math.ceil((last + 1) / 4);
   return { height, width, lowSize, rows, cols, upRows, lowRows: 4 * upRows };
 }
 
