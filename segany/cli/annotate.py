@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 HELP = """Serve a browser annotation tool for the images in IMAGE_DIR: click foreground/background points or drag a
-box and the mask appears (the SAM decoder runs in the browser), accept, rate 1-10, move on; export COCO or SA-1B
-JSON from the page or from /api/projects/ID/export.
+box and the mask appears (SAM's and MobileSAM's decoder runs in the browser; HQ-SAM and SAM 2 clicks are decoded
+by the server), accept, rate 1-10, move on; export COCO or SA-1B JSON from the page or from
+/api/projects/ID/export.
 
 Log in as the admin user (--admin-user) with the password in the SEGANY_ADMIN_PASSWORD environment variable
 (at least 12 characters; there is no default). For a quick local session use --dev: it binds 127.0.0.1 only
@@ -29,8 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="model kind: default, vit_b, vit_l, vit_h, vit_t (MobileSAM), tiny; the page's in-browser decoder is "
-        "SAM's, so not hq_vit_* (HQ-SAM) or sam2*_hiera_* (SAM 2)",
+        help="model kind: default, vit_b, vit_l, vit_h, vit_t (MobileSAM), tiny (decoded in the browser); "
+        "hq_vit_b/l/h/tiny (HQ-SAM), sam2.1_hiera_* / sam2_hiera_* (SAM 2) (clicks decoded by the server)",
     )
     p.add_argument("--checkpoint", default=None, help="weights for --model (.safetensors or .pth)")
     p.add_argument("--quantize", action="store_true", help="serve the int8 decoder (smaller, faster in wasm)")
@@ -50,14 +51,16 @@ def run(args: argparse.Namespace) -> int:
     require("annotate", "engine")
     import uvicorn
 
+    from segany.build import check_kind
     from segany.engine import ConfigError, EngineSettings, create_app
     from segany.engine.app import check_web_assets, prefetch_order
     from segany.engine.model import ModelSpec, ModelUnavailable
     from segany.engine.settings import PASSWORD_ENV
 
-    refused = _page_refuses(args.model)
-    if refused:
-        print(f"error: --model {args.model}: {refused}")
+    try:
+        check_kind(args.model)
+    except ValueError as err:
+        print(f"error: --model: {err}")
         return 2
     image_dir = args.image_dir
     if not image_dir.is_dir():
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     model = app.state.model
 
     # Ready when the image is: the model is built and its browser decoder exported (cached on disk under the
-    # weights' hash) before the server listens, so no page or embedding request waits for them.
+    # weights' hash) before the server listens, so no page or embedding request waits for them (HQ-SAM and SAM 2
+    # have no browser decoder: the server decodes their clicks).
     t0 = time.perf_counter()
     print("preparing the model (the decoder export is cached after the first start)…", flush=True)
     try:
@@ -104,20 +108,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"dev mode: this run's admin password is {settings.admin_password}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5)
     return 0
-
-
-def _page_refuses(kind: str) -> str:
-    """Why the annotation page cannot serve a model family ('' if it can): the page decodes clicks in the browser
-    with SAM's decoder graph on the stride-16 embedding alone."""
-    if kind.startswith("hq_"):
-        return (
-            "the annotation page cannot decode HQ-SAM (its HQ token needs the encoder's early features, which the "
-            "page's decoder does not take); annotate with vit_t or a SAM model, or use `segany segment` for HQ-SAM"
-        )
-    if kind.startswith("sam2"):
-        return (
-            "the annotation page cannot decode SAM 2 yet (its decoder also needs the stride-4/8 features, 12 MB per "
-            "image, and its geometry differs); annotate with a SAM / MobileSAM model, or use `segany segment`, "
-            "`segany auto` or `segany export-onnx` (SAM 2 graph with the high-resolution inputs) for SAM 2"
-        )
-    return ""

@@ -1,11 +1,15 @@
 """The annotation server: a FastAPI app built by :func:`create_app` (no work at import time).
 
 Stage 1 of the data engine: the server computes each image's embedding once (cached on disk) and serves the
-exported decoder; the page decodes masks in the browser on every click and saves accepted masks here. Stage 2:
+exported decoder; the page decodes masks in the browser on every click and saves accepted masks here. HQ-SAM and
+SAM 2, whose decoders read more than the stride-16 embedding, decode clicks here instead
+(``POST /api/images/{id}/decode``, `SamPredictor` on the cached features). Stage 2:
 ``POST /api/images/{id}/prefill`` adds the masks the automatic generator is confident about, marked as made by
 the model. The OpenAPI schema is at ``/api/openapi.json``.
 """
 
+import base64
+import binascii
 import json
 import logging
 import mimetypes
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi import Path as FastApiPath
 from fastapi.responses import FileResponse, JSONResponse
@@ -33,6 +38,8 @@ from segany.engine.schemas import (
     AnnotationIn,
     AnnotationOut,
     AnnotationUpdate,
+    DecodeIn,
+    DecodeOut,
     ErrorOut,
     ImageOut,
     ImageStatusIn,
@@ -439,6 +446,46 @@ def create_app(settings: EngineSettings) -> FastAPI:
         return Response(data, media_type="application/octet-stream",
                         headers={"X-Embedding-Shape": shape, "Cache-Control": "private, max-age=3600"})  # fmt: skip
 
+    @app.post("/api/images/{image_id}/decode")
+    def decode(image_id: DbId, body: DecodeIn, who: Who) -> DecodeOut:
+        """One prompt (image pixels) through `SamPredictor` on the image's cached features: the low-res logits and
+        scores as the predictor returns them. The page uses it for HQ-SAM and SAM 2 (model info ``decode:
+        "server"``); it answers for every model."""
+        from segany.predictor import PromptError
+
+        img = store.image_for(engine, who, image_id)
+        if not body.points and body.box is None:
+            raise HTTPException(422, "give at least one point or a box")
+        s = int(model.info()["low_res_size"])
+        mask = None
+        if body.mask_input is not None:
+            try:
+                raw = base64.b64decode(body.mask_input, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPException(422, "mask_input must be base64 (float32 little-endian)") from None
+            if len(raw) != 4 * s * s:
+                raise HTTPException(
+                    422,
+                    f"mask_input must be {s}x{s} float32 values ({4 * s * s} bytes), got {len(raw)} bytes",
+                )
+            mask = np.frombuffer(raw, dtype="<f4").reshape(1, s, s)
+        coords = labels = None
+        if body.points:
+            coords = np.array([[p.x, p.y] for p in body.points], dtype=np.float64)
+            labels = np.array([p.label for p in body.points], dtype=np.int64)
+        box = None if body.box is None else np.array(body.box, dtype=np.float64)
+        try:
+            low, scores = model.decode(img.sha256, lambda: load_rgb(img), (img.height, img.width),
+                                       point_coords=coords, point_labels=labels, box=box, mask_input=mask,
+                                       multimask_output=body.multimask_output)  # fmt: skip
+        except PromptError as err:
+            raise HTTPException(422, str(err)) from None
+        return DecodeOut(
+            scores=[float(v) for v in scores],
+            shape=list(low.shape),
+            low_res_logits=base64.b64encode(low.astype("<f4").tobytes()).decode("ascii"),
+        )
+
     # ---- annotations --------------------------------------------------------------------------------------
 
     @app.get("/api/images/{image_id}/annotations")
@@ -561,10 +608,21 @@ def create_app(settings: EngineSettings) -> FastAPI:
 
     @app.get("/api/model")
     def model_info(_who: Who) -> ModelInfo:
-        return ModelInfo(**model.info(), decoder_url="/api/model/decoder.onnx")
+        info = model.info()
+        return ModelInfo(
+            **info, decoder_url=None if info["decode"] == "server" else "/api/model/decoder.onnx"
+        )
+
+    def browser_decoder() -> None:
+        if model.decodes_on_server():
+            raise HTTPException(
+                404,
+                "this model's clicks are decoded on the server (POST /api/images/{id}/decode): no browser decoder",
+            )
 
     @app.get("/api/model/decoder.onnx", response_class=FileResponse)
     def decoder(_who: Who) -> FileResponse:
+        browser_decoder()
         return FileResponse(model.decoder_path(), media_type="application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
 
@@ -576,6 +634,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
 
         if part not in PAGE_PARTS:
             raise HTTPException(404, "no such decoder graph")
+        browser_decoder()
         return FileResponse(page_graph_path(model.decoder_path(), part), media_type="application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
 

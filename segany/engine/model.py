@@ -1,5 +1,10 @@
-"""The server's one model: image embeddings (computed once per image, cached on disk), the browser decoder and
-stage-2 pre-fill masks.
+"""The server's one model: image embeddings (computed once per image, cached on disk), the browser decoder, the
+server-side decoder and stage-2 pre-fill masks.
+
+SAM and MobileSAM clicks are decoded in the browser (the exported decoder on the stride-16 embedding). HQ-SAM
+(whose HQ token reads the encoder's early features) and SAM 2 (whose decoder reads the stride-4/8 features and
+whose geometry differs) are decoded here (`ModelService.decode`): `SamPredictor` on the image's cached features,
+one predictor per recently clicked image.
 
 The model is an operator setting (``--model``/``--checkpoint``); nothing a client sends selects or loads a model
 file. Building the app imports no torch; `segany annotate` calls `ModelService.warm_up` (torch, the model, the
@@ -22,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ log = logging.getLogger("segany.engine")
 
 
 PREFETCH_QUIET_S = 0.3  # a background embedding starts only after this long without a request
+PREDICTOR_CACHE = 4  # server-side decoding: the predictors of the last few clicked images stay in memory
 
 
 class ModelUnavailable(RuntimeError):
@@ -101,6 +107,19 @@ class ModelSpec:
         return f"{self.kind}-{h.hexdigest()[:16]}"
 
 
+def decodes_on_server(sam: Any) -> bool:
+    """Whether the page cannot decode this model's clicks itself: HQ-SAM (its HQ token reads the encoder's early
+    features) and SAM 2 (its decoder reads the stride-4/8 features; the image is stretched to a square). The
+    page's decoder is SAM's graph on the stride-16 embedding alone."""
+    return bool(getattr(sam, "is_hq", False)) or getattr(sam, "resize_mode", "longest_side") != "longest_side"
+
+
+@dataclass
+class _CachedPredictor:
+    predictor: Any  # segany.predictor.SamPredictor, its features set from the embedding cache
+    lock: threading.Lock
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
@@ -135,6 +154,10 @@ class ModelService:
         self._closed = False
         self.prefetched: list[str] = []  # images the prefetcher computed (for tests and benchmarks)
         self._last_request = 0.0
+        # Server-side decoding: image sha256 -> predictor, least recently used first; `_predictors_lock` guards it.
+        self._predictors: OrderedDict[str, _CachedPredictor] = OrderedDict()
+        self._predictors_lock = threading.Lock()
+        self._hashes: tuple[str, str] | None = None  # the model's (encoder_sha256, model_fingerprint), once
 
     @property
     def key(self) -> str:
@@ -185,15 +208,26 @@ class ModelService:
         under the weights' hash and the exporter's tag (`decoder_export_tag`), so later starts skip it.
         """
         self.info()
-        self.decoder_path()
+        if self.decodes_on_server():  # HQ-SAM and SAM 2: no browser decoder; the predictors' hashes, once
+            self._new_predictor()
+        else:
+            self.decoder_path()
+
+    def decodes_on_server(self) -> bool:
+        """HQ-SAM and SAM 2: the page sends its clicks to `decode` (see `decodes_on_server`)."""
+        return decodes_on_server(self.sam())
 
     def info(self) -> dict[str, Any]:
-        pe = self.sam().prompt_encoder
+        sam = self.sam()
+        pe = sam.prompt_encoder
         return {
             "model_key": self.key,
             "image_size": int(pe.input_image_size[0]),
             "embedding_shape": [1, int(pe.embed_dim), *map(int, pe.image_embedding_size)],
             "quantized_decoder": self.spec.quantize_decoder,
+            "decode": "server" if decodes_on_server(sam) else "browser",
+            "resize_mode": getattr(sam, "resize_mode", "longest_side"),
+            "low_res_size": int(pe.mask_input_size[0]),
         }
 
     def decoder_path(self) -> Path:
@@ -212,6 +246,31 @@ class ModelService:
     def embedding_path(self, image_sha: str) -> Path:
         return self._dir("embeddings") / f"{image_sha}.npy"
 
+    def features_path(self, image_sha: str) -> Path:
+        """Server-decoded models: all the encoder's outputs (`segany.predictor.ImageEmbedding`, safetensors)."""
+        return self._dir("embeddings") / f"{image_sha}.safetensors"
+
+    def _cached(self, image_sha: str) -> bool:
+        if not self.embedding_path(image_sha).exists():
+            return False
+        return not self.decodes_on_server() or self.features_path(image_sha).exists()
+
+    @contextlib.contextmanager
+    def _on_demand(self, image_sha: str) -> Iterator[None]:
+        """A request waits on this image: the prefetcher drops it from its queue, and one computing another
+        image gives way (see `_should_stop`)."""
+        with self._cond:
+            self._demanded[image_sha] += 1
+            self._queue = [q for q in self._queue if q[0] != image_sha]
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._demanded[image_sha] -= 1
+                if self._demanded[image_sha] <= 0:
+                    del self._demanded[image_sha]
+                self._cond.notify_all()
+
     def embedding(self, image_sha: str, load_rgb: Callable[[], Any]) -> bytes:
         """Float32 embedding bytes (C order, shape ``info()['embedding_shape']``) of one image.
 
@@ -219,18 +278,9 @@ class ModelService:
         a request for an image the prefetcher is computing waits for that instead of starting again.
         """
         path = self.embedding_path(image_sha)
-        if not path.exists():
-            with self._cond:
-                self._demanded[image_sha] += 1
-                self._queue = [q for q in self._queue if q[0] != image_sha]
-            try:
+        if not self._cached(image_sha):
+            with self._on_demand(image_sha):
                 self._compute_embedding(image_sha, load_rgb, path, cancel=None)
-            finally:
-                with self._cond:
-                    self._demanded[image_sha] -= 1
-                    if self._demanded[image_sha] <= 0:
-                        del self._demanded[image_sha]
-                    self._cond.notify_all()
         arr = np.load(path, allow_pickle=False)
         return np.ascontiguousarray(arr, dtype="<f4").tobytes()
 
@@ -239,21 +289,114 @@ class ModelService:
     ) -> bool:
         """Write ``path`` unless it exists; False if it did. ``cancel`` (prefetch only) can stop the encoder."""
         with self._item_lock(f"emb:{image_sha}"):
-            if path.exists():
+            if self._cached(image_sha):
                 return False
             import torch
 
-            from segany.predictor import SamPredictor
-
             rgb = load_rgb()
             with self._compute_lock, torch.inference_mode(), self._cancel_hooks(cancel):
-                predictor = SamPredictor(self.sam())
+                predictor = self._new_predictor()
                 predictor.set_image(rgb)
                 emb = predictor.get_image_embedding().cpu().numpy().astype(np.float32)
+                full = predictor.get_embedding() if self.decodes_on_server() else None
+            if full is not None:  # the early (HQ-SAM) or high-resolution (SAM 2) features too
+                full.save(self.features_path(image_sha))
             buf = io.BytesIO()
             np.save(buf, emb, allow_pickle=False)
             _atomic_write(path, buf.getvalue())
         return True
+
+    def _new_predictor(self) -> Any:
+        """A `SamPredictor` of the model, given the model's hashes computed once (not once per predictor)."""
+        from segany.predictor import SamPredictor, encoder_sha256, model_fingerprint
+
+        sam = self.sam()
+        with self._lock:
+            if self._hashes is None:
+                self._hashes = (encoder_sha256(sam), model_fingerprint(sam))
+            sha, fingerprint = self._hashes
+        predictor = SamPredictor(sam)
+        predictor._weights_sha256, predictor._fingerprint = sha, fingerprint
+        return predictor
+
+    # ---- server-side decoding (HQ-SAM, SAM 2) -------------------------------------------------------------
+
+    def decode(
+        self,
+        image_sha: str,
+        load_rgb: Callable[[], Any],
+        size: tuple[int, int],
+        *,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask_output: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One prompt (image pixels) through `SamPredictor.predict` on this image's cached features: its
+        low-res logits C×s×s (float32) and scores C, as the predictor returns them.
+
+        The embedding is computed (and cached) first if needed; the predictors of the last `PREDICTOR_CACHE`
+        images stay in memory. ``size`` is the image's (height, width). Bad prompts raise
+        `segany.predictor.PromptError`.
+        """
+        import torch
+
+        if not self._cached(
+            image_sha
+        ):  # as the embedding route: a background prefetch of another image gives way
+            with self._on_demand(image_sha):
+                self._compute_embedding(image_sha, load_rgb, self.embedding_path(image_sha), cancel=None)
+        # A click on a cached image runs beside a background prefetch (at nice 19) instead of stopping it.
+        entry = self._predictor_for(image_sha, size)
+        with entry.lock, torch.inference_mode():
+            _, scores, low = entry.predictor.predict(
+                point_coords, point_labels, box, mask_input, multimask_output=multimask_output
+            )
+        return np.ascontiguousarray(low, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+
+    def _predictor_for(self, image_sha: str, size: tuple[int, int]) -> _CachedPredictor:
+        with self._predictors_lock:
+            entry = self._predictors.get(image_sha)
+            if entry is not None:
+                self._keep_predictor(image_sha, entry)
+                return entry
+        with self._item_lock(f"pred:{image_sha}"):
+            with self._predictors_lock:  # another request may have set it meanwhile
+                entry = self._predictors.get(image_sha)
+            if entry is None:
+                predictor = self._new_predictor()
+                predictor.set_embedding(self._load_embedding(image_sha, size, predictor))
+                entry = _CachedPredictor(predictor, threading.Lock())
+            with self._predictors_lock:
+                self._keep_predictor(image_sha, entry)
+        return entry
+
+    def _keep_predictor(self, image_sha: str, entry: _CachedPredictor) -> None:
+        """Most recently used last; the oldest beyond `PREDICTOR_CACHE` leave (caller holds the lock)."""
+        self._predictors[image_sha] = entry
+        self._predictors.move_to_end(image_sha)
+        while len(self._predictors) > PREDICTOR_CACHE:
+            self._predictors.popitem(last=False)
+
+    def _load_embedding(self, image_sha: str, size: tuple[int, int], predictor: Any) -> Any:
+        import torch
+
+        from segany.predictor import ImageEmbedding
+
+        if self.decodes_on_server():
+            return ImageEmbedding.load(self.features_path(image_sha))
+        # SAM / MobileSAM: the stride-16 embedding is all the decoder reads
+        features = torch.from_numpy(np.load(self.embedding_path(image_sha), allow_pickle=False))
+        h, w = size
+        input_size = predictor.transform.get_preprocess_shape(h, w, predictor.transform.target_length)
+        return ImageEmbedding(
+            features,
+            (h, w),
+            (int(input_size[0]), int(input_size[1])),
+            predictor.fingerprint,
+            model_sha256=predictor.weights_sha256,
+        )
 
     @contextlib.contextmanager
     def _cancel_hooks(self, cancel: Callable[[], bool] | None) -> Iterator[None]:

@@ -135,7 +135,48 @@ class ModelInfo(BaseModel):
     image_size: int
     embedding_shape: list[int]
     quantized_decoder: bool
-    decoder_url: str
+    decoder_url: str | None = Field(
+        description="the browser decoder; None when clicks are decoded on the server"
+    )
+    decode: Literal["browser", "server"] = Field(
+        description="where clicks are decoded: in the page (SAM, MobileSAM) or by POST /api/images/{id}/decode "
+        "(HQ-SAM, SAM 2)"
+    )
+    resize_mode: Literal["longest_side", "square"] = Field(
+        description="the model's geometry: SAM's resize-longest-side and pad, or SAM 2's stretch to a square"
+    )
+    low_res_size: int = Field(description="side of the low-res logits (and of a mask input)")
+
+
+class DecodePoint(BaseModel):
+    x: float = Field(allow_inf_nan=False, description="image pixels")
+    y: float = Field(allow_inf_nan=False, description="image pixels")
+    label: Literal[0, 1] = Field(description="1 foreground, 0 background")
+
+
+class DecodeIn(BaseModel):
+    """One prompt in image pixels, answered by `SamPredictor.predict` on the image's cached features."""
+
+    points: list[DecodePoint] = Field(default_factory=list, max_length=MAX_PROMPTS)
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="x0, y0, x1, y1 in image pixels (x1 >= x0, y1 >= y0)"
+    )
+    mask_input: str | None = Field(
+        None,
+        max_length=4 * 1024 * 1024,
+        description="a previous decode's low-res logits of one mask: base64 of little-endian float32, "
+        "low_res_size x low_res_size, row-major",
+    )
+    multimask_output: bool = Field(True, description="3 masks (1 for HQ-SAM) for an ambiguous prompt, else 1")
+
+
+class DecodeOut(BaseModel):
+    scores: list[float] = Field(description="predicted IoU of each mask")
+    shape: list[int] = Field(description="[C, s, s] of low_res_logits")
+    low_res_logits: str = Field(
+        description="base64 of little-endian float32 C x s x s: SamPredictor's low-res logits (threshold 0 after "
+        "upsampling as the model's postprocess_masks)"
+    )
 
 
 class PrefillOut(BaseModel):
