@@ -42,8 +42,12 @@ def _model(family: str) -> torch.nn.Module:
     return build_sam(TINY).eval()
 
 
-def _serve(tmp_path: Path, family: str) -> tuple[TestClient, torch.nn.Module]:
+def _serve(
+    tmp_path: Path, family: str, image: np.ndarray | None = None
+) -> tuple[TestClient, torch.nn.Module]:
     make_images(tmp_path / "images", SIZES)
+    if image is not None:  # instead of the first
+        Image.fromarray(image).save(tmp_path / "images" / "img0.png")
     settings = EngineSettings(image_dir=tmp_path / "images", data_dir=tmp_path / "data",
                               db_url=f"sqlite:///{tmp_path}/db.sqlite", admin_password=PASSWORD,
                               model=ModelSpec(kind="tiny"), prefetch_ahead=0)  # fmt: skip
@@ -221,3 +225,93 @@ def test_annotate_serves_the_family(tmp_path: Path, kind: str) -> None:
     _, ref_scores, ref_low = predictor.predict(np.array([[45, 30]]), np.array([1]))
     np.testing.assert_allclose(low, ref_low, rtol=0, atol=1e-4)
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sam2", "hq"])
+def test_page_draws_the_predictor_mask_in_chromium(tmp_path: Path, family: str) -> None:
+    """The page on a SAM 2 (and an HQ-SAM) server: a click, then a corrective background click (the first answer's plane fed back
+    as the mask input), each drawn as SamPredictor's mask for the prompts the page saved."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from engine_harness import CHROMIUM, CHROMIUM_ARGS, chromium_available, free_port
+    from patience import PATIENCE_S
+    from playwright.sync_api import sync_playwright
+
+    chromium_available()
+    rng = np.random.default_rng(0)
+    image = np.repeat(np.repeat(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8), 10, 0), 10, 1)  # 120 x 200
+    client, sam = _serve(tmp_path, family, image)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            if httpx.get(base + "/api/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server not up"
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.set_default_timeout(PATIENCE_S * 1000)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/#image=1")
+            page.fill("#login-user", "admin")
+            page.fill("#login-password", PASSWORD)
+            page.click("#login-form button")
+            page.wait_for_selector("body[data-ready]")
+
+            def click(fx: float, fy: float, shift: bool = False) -> np.ndarray:
+                n = page.evaluate("window.seganyStats.decodeMs.length")
+                box = page.locator("#overlay").bounding_box()
+                assert box is not None
+                if shift:
+                    page.keyboard.down("Shift")
+                page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+                if shift:
+                    page.keyboard.up("Shift")
+                while page.evaluate("window.seganyStats.decodeMs.length") == n:
+                    assert time.monotonic() < deadline + PATIENCE_S, "no decode after the click"
+                    time.sleep(0.02)
+                h, w, alpha = page.evaluate(
+                    """() => { const cv = document.getElementById('overlay');
+                    const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+                    const a = new Array(cv.width * cv.height); for (let i = 0; i < a.length; i++) a[i] = d[4 * i + 3];
+                    return [cv.height, cv.width, a]; }"""
+                )
+                return np.array(alpha, np.uint8).reshape(h, w) > 0
+
+            first = click(0.35, 0.55)
+            second = click(0.72, 0.4, shift=True)
+            page.click("#accept")
+            page.wait_for_selector("#masks li")
+            saved = page.evaluate(
+                "fetch('/api/images/1/annotations', {credentials: 'same-origin'}).then((r) => r.json())"
+            )[-1]
+            browser.close()
+        assert not errors, errors
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    predictor = _predictor(sam, tmp_path, 0)
+    prompts = [q for q in saved["prompts"] if q["label"] in (0, 1)]
+    assert [q["label"] for q in prompts] == [1, 0]
+    pts = np.array([[q["x"], q["y"]] for q in prompts])
+    masks, scores, low = predictor.predict(pts[:1], np.array([1]), multimask_output=True)
+    k = int(np.argmax(scores))
+    masks2, _, _ = predictor.predict(pts, np.array([1, 0]), mask_input=low[k][None], multimask_output=False)
+    for got, want in ((first, masks[k]), (second, masks2[0])):
+        assert got.shape == want.shape
+        print(f"page vs SamPredictor: {np.sum(got != want)} of {want.size} pixels differ, area {want.sum()}")
+        assert 0 < want.sum() < want.size, "the predictor's mask is empty or full: a weak check"
+        assert np.sum(got != want) <= 2, f"{np.sum(got != want)} of {want.size} pixels differ"

@@ -101,9 +101,15 @@ async function openTool() {
   await openImage(i >= 0 ? i : Math.max(0, state.images.findIndex((im) => !im.done)), true);
 }
 
-// Loads the exported decoder (per-click and per-image graphs) into its worker (decode.js).
+// Loads the exported decoder (per-click and per-image graphs) into its worker (decode.js), or, for models the
+// page cannot decode (HQ-SAM, SAM 2: model info decode "server"), the session that posts clicks to the server.
 async function loadDecoder() {
   recordInputTimes(window.seganyStats);
+  if (state.model.decode === "server") {
+    const { ServerDecoder } = await import("./server-decode.js");
+    state.session = new ServerDecoder({ post: (url, body) => api("POST", url, body), info: state.model });
+    return;
+  }
   const get = async (url) => (await api("GET", url)).arrayBuffer();
   const part = (name) => state.model.decoder_url.replace(/\.onnx$/, `.${name}.onnx`);
   const [clickBytes, imageBytes, upscaleBytes] = await Promise.all([
