@@ -114,6 +114,22 @@ def decodes_on_server(sam: Any) -> bool:
     return bool(getattr(sam, "is_hq", False)) or getattr(sam, "resize_mode", "longest_side") != "longest_side"
 
 
+class _LowResOnly:
+    """The model as the server's decode predictors see it: every attribute the model's, but `postprocess_masks`
+    returns the low-res logits unchanged. The page upsamples the logits itself, so the predictor's masks at the
+    image's size (most of a click's time on a 12 MP photo) would be thrown away; its logits and scores are the
+    model's own."""
+
+    def __init__(self, sam: Any) -> None:
+        self._sam = sam
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sam, name)
+
+    def postprocess_masks(self, masks: Any, input_size: Any, original_size: Any) -> Any:
+        return masks
+
+
 @dataclass
 class _CachedPredictor:
     predictor: Any  # segany.predictor.SamPredictor, its features set from the embedding cache
@@ -306,8 +322,9 @@ class ModelService:
             _atomic_write(path, buf.getvalue())
         return True
 
-    def _new_predictor(self) -> Any:
-        """A `SamPredictor` of the model, given the model's hashes computed once (not once per predictor)."""
+    def _new_predictor(self, low_res_only: bool = False) -> Any:
+        """A `SamPredictor` of the model, given the model's hashes computed once (not once per predictor);
+        ``low_res_only``: its masks are not upsampled to the image's size (`_LowResOnly`)."""
         from segany.predictor import SamPredictor, encoder_sha256, model_fingerprint
 
         sam = self.sam()
@@ -315,7 +332,8 @@ class ModelService:
             if self._hashes is None:
                 self._hashes = (encoder_sha256(sam), model_fingerprint(sam))
             sha, fingerprint = self._hashes
-        predictor = SamPredictor(sam)
+        model: Any = _LowResOnly(sam) if low_res_only else sam
+        predictor = SamPredictor(model)
         predictor._weights_sha256, predictor._fingerprint = sha, fingerprint
         return predictor
 
@@ -365,7 +383,7 @@ class ModelService:
             with self._predictors_lock:  # another request may have set it meanwhile
                 entry = self._predictors.get(image_sha)
             if entry is None:
-                predictor = self._new_predictor()
+                predictor = self._new_predictor(low_res_only=True)
                 predictor.set_embedding(self._load_embedding(image_sha, size, predictor))
                 entry = _CachedPredictor(predictor, threading.Lock())
             with self._predictors_lock:
