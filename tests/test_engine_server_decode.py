@@ -315,3 +315,11 @@ def test_page_draws_the_predictor_mask_in_chromium(tmp_path: Path, family: str) 
         print(f"page vs SamPredictor: {np.sum(got != want)} of {want.size} pixels differ, area {want.sum()}")
         assert 0 < want.sum() < want.size, "the predictor's mask is empty or full: a weak check"
         assert np.sum(got != want) <= 2, f"{np.sum(got != want)} of {want.size} pixels differ"
+
+
+def test_prefill_works_for_the_family(served) -> None:
+    """Stage 2 on a server-decoded model: the automatic generator's masks are saved (whatever random weights keep)."""
+    _, client, _, _ = served
+    r = client.post("/api/images/2/prefill")
+    assert r.status_code == 200, r.text
+    assert r.json()["created"] == len(r.json()["annotations"])

@@ -221,7 +221,8 @@ class ModelService:
         """Hash the weights, build the model and export the decoder (if not cached) now.
 
         `segany annotate` runs this before it listens, so no request waits for it; the export is cached on disk
-        under the weights' hash and the exporter's tag (`decoder_export_tag`), so later starts skip it.
+        under the weights' hash and the exporter's tag (`decoder_export_tag`), so later starts skip it. HQ-SAM and
+        SAM 2 have no browser decoder: their encoder hash (for the decode predictors) is computed instead.
         """
         self.info()
         if self.decodes_on_server():  # HQ-SAM and SAM 2: no browser decoder; the predictors' hashes, once
@@ -360,9 +361,8 @@ class ModelService:
         """
         import torch
 
-        if not self._cached(
-            image_sha
-        ):  # as the embedding route: a background prefetch of another image gives way
+        if not self._cached(image_sha):
+            # as the embedding route: a background prefetch of another image gives way
             with self._on_demand(image_sha):
                 self._compute_embedding(image_sha, load_rgb, self.embedding_path(image_sha), cancel=None)
         # A click on a cached image runs beside a background prefetch (at nice 19) instead of stopping it.
