@@ -42,10 +42,13 @@ function setStatus(text) { $("status").textContent = text; }
 // ---- login ------------------------------------------------------------------------------------------------
 
 async function start() {
+  // Asked for with the session check, so that the decoder starts loading as soon as both answer.
+  const model = api("GET", "/api/model").then((r) => r.json());
+  model.catch(() => {}); // without a session this is a 401: the session check reports it
   try {
     const me = await (await api("GET", "/api/me")).json();
     state.csrf = me.csrf_token;
-    await openTool();
+    await openTool(model);
   } catch (e) {
     if (e.status === 401) { showLogin(); } else { setStatus(e.message); }
   }
@@ -79,21 +82,20 @@ $("logout").addEventListener("click", async () => {
   location.reload();
 });
 
-async function openTool() {
+async function openTool(modelInfo = null) {
   $("login").hidden = true;
   $("tool").hidden = false;
-  const [projects, model] = await Promise.all([
-    api("GET", "/api/projects").then((r) => r.json()), api("GET", "/api/model").then((r) => r.json()),
-  ]);
+  const model = modelInfo || api("GET", "/api/model").then((r) => r.json());
+  // The decoder loads while the projects, the first image and its embedding do; openImage waits for it.
+  state.decoderReady = model.then((m) => { state.model = m; return loadDecoder(); });
+  state.decoderReady.catch(() => {}); // reported by openImage
+  const projects = await (await api("GET", "/api/projects")).json();
   if (!projects.length) { setStatus("no project"); return; }
   state.project = projects[0];
   $("project-name").textContent = state.project.name;
   $("export-coco").href = `/api/projects/${state.project.id}/export?format=coco`;
   $("export-sa1b").href = `/api/projects/${state.project.id}/export?format=sa1b`;
-  state.model = model;
-  // The decoder loads while the first image and its embedding do; openImage waits for both.
-  state.decoderReady = loadDecoder();
-  state.decoderReady.catch(() => {}); // reported by openImage
+  state.model = await model;
   await refreshImages();
   const params = new URLSearchParams(location.hash.slice(1));
   const wanted = Number(params.get("image"));
