@@ -11,6 +11,7 @@ from segany.evaluate.validation import (
     FirstClick,
     ValidationReport,
     background_click,
+    choose_generator_defaults,
     threshold_table,
     validation_samples,
     whole_part_clicks,
@@ -81,6 +82,30 @@ def test_threshold_table_counts_matches_after_filters_and_nms() -> None:
     tight = rows[(0.0, 0.6)]
     assert tight["masks_per_image"] == 2 and tight["precision"] == 1.0 and tight["f1"] == 1.0
     assert rows[(0.88, 0.95)]["masks_per_image"] == 1 and rows[(0.88, 0.95)]["recall"] == 0.5
+    assert rows[(0.9, 0.0)]["images_with_masks"] == 1.0 and rows[(0.9, 0.95)]["images_with_masks"] == 0.0
+
+
+def test_generator_defaults_leave_a_mask_on_almost_every_image() -> None:
+    # image A: two confident good masks; image B: one right mask scored 0.45. The best F1 (0.5) loses B
+    # entirely; the chosen filters are the best F1 among those that keep a mask on every image.
+    a = {
+        "pred": np.array([0.9, 0.8]),
+        "stab": np.array([0.95, 0.95]),
+        "boxes": np.array([[0, 0, 10, 10], [20, 20, 10, 10]], float),
+        "ious": np.array([[0.9, 0.0], [0.0, 0.8]]),
+    }
+    b = {
+        "pred": np.array([0.45, 0.42, 0.41]),
+        "stab": np.array([0.95, 0.95, 0.95]),
+        "boxes": np.array([[0, 0, 10, 10], [30, 30, 10, 10], [50, 50, 10, 10]], float),
+        "ious": np.array([[0.9], [0.0], [0.0]]),
+    }
+    table = threshold_table([a, b], iou_grid=(0.3, 0.5), stability_grid=(0.9,))
+    best_f1 = max(table, key=lambda r: r["f1"])
+    assert best_f1["pred_iou_thresh"] == 0.5 and best_f1["images_with_masks"] == 0.5
+    chosen = choose_generator_defaults(table)
+    assert chosen["pred_iou_thresh"] == 0.3 and chosen["images_with_masks"] == 1.0
+    assert choose_generator_defaults(table, coverage=0.5) == best_f1
 
 
 def test_summary_of_calibration() -> None:

@@ -41,6 +41,7 @@ TRAINING_FOLDERS = ("coco_subsets", "bsds500", "dsb2018_nuclei", "duts_tr", "msr
 IOU_GRID = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9)
 STABILITY_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 MATCH_IOU = 0.5
+MIN_COVERAGE = 0.95  # share of images on which the chosen generator filters must leave a mask
 
 
 def validation_samples(folder: str | Path, fraction: float) -> Iterator[Sample]:
@@ -246,12 +247,13 @@ def threshold_table(
     XYWH, "ious": [M, G] IoU with the ground truth}``."""
     rows = []
     for ti, ts in itertools.product(iou_grid, stability_grid):
-        kept = hits = gts = 0
+        kept = hits = gts = covered = 0
         for c in candidates:
             keep = np.flatnonzero((c["pred"] > ti) & (c["stab"] >= ts))
             gts += c["ious"].shape[1]
             if not len(keep):
                 continue
+            covered += 1
             survivors = keep[_nms_xywh(c["boxes"][keep], c["pred"][keep], nms_thresh)]
             kept += len(survivors)
             order = survivors[np.argsort(-c["pred"][survivors], kind="stable")]
@@ -263,12 +265,29 @@ def threshold_table(
                 "pred_iou_thresh": ti,
                 "stability_score_thresh": ts,
                 "masks_per_image": kept / max(len(candidates), 1),
+                "images_with_masks": covered / max(len(candidates), 1),
                 "precision": p,
                 "recall": r,
                 "f1": 2 * p * r / (p + r) if p + r else 0.0,
             }
         )
     return rows
+
+
+def choose_generator_defaults(
+    table: Sequence[dict[str, float]], coverage: float = MIN_COVERAGE
+) -> dict[str, float]:
+    """The row with the best F1 among those that leave at least one mask on ``coverage`` of the images.
+
+    The best F1 alone can sit just above the predicted IoU of every candidate of many images: the generator
+    then returns nothing there, which a user reads as "broken", not as "precise". When no row covers enough
+    images, the best F1 overall."""
+
+    def key(r: dict[str, float]) -> tuple[float, float, float]:
+        return (round(r["f1"], 6), r["pred_iou_thresh"], r["stability_score_thresh"])
+
+    covering = [r for r in table if r.get("images_with_masks", 1.0) >= coverage]
+    return max(covering or table, key=key)
 
 
 def automatic_candidates(generator: Any, sample: Sample) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -397,9 +416,7 @@ def run_validation(
             if progress is not None:
                 progress(f"automatic: {k + 1}/{len(chosen)} images")
         table = threshold_table(cands)
-        best = max(
-            table, key=lambda r: (round(r["f1"], 6), r["pred_iou_thresh"], r["stability_score_thresh"])
-        )
+        best = choose_generator_defaults(table)
         official = next(
             r for r in table if r["pred_iou_thresh"] == 0.88 and r["stability_score_thresh"] == 0.95
         )
