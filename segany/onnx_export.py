@@ -173,22 +173,21 @@ def dummy_inputs(sam: nn.Module, num_points: int = 3) -> dict[str, torch.Tensor]
     }
 
 
-def export_decoder(
-    sam: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET, quantize: bool = False
-) -> dict[str, Any]:
-    """Write the decoder graph to ``out`` (and, with ``quantize``, an int8 version in its place).
-
-    Returns a small description (paths, sizes, input/output names) that the CLI prints and the server caches.
-    ``quantize`` applies onnxruntime's dynamic QUInt8 weight quantisation (about half the download and faster
-    MatMuls in wasm); the fp32 file is kept next to it as ``<out>.fp32.onnx``.
-    """
-    if opset < 16:
-        raise ValueError("opset must be >= 16 (GridSample)")
+def write_graph(
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    out: str | Path,
+    input_names: list[str],
+    output_names: list[str],
+    *,
+    opset: int,
+    quantize: bool,
+) -> None:
+    """Trace ``model`` on ``inputs`` (a dynamic number of points, image-sized ``masks``) into ``out``, written
+    atomically; with ``quantize``, onnxruntime's dynamic QUInt8 weight quantisation in its place and the fp32
+    graph kept as ``<out>.fp32.onnx``. Shared by the SAM, SAM 2 and HQ-SAM decoder exports."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = SamDecoderOnnx(sam).eval()
-    pe = model.prompt_encoder
-    inputs = dummy_inputs(sam)
     fp32_path = out.with_suffix(".fp32.onnx") if quantize else out
     tmp = fp32_path.with_name(fp32_path.name + ".tmp")
     with torch.no_grad():
@@ -196,8 +195,8 @@ def export_decoder(
             model,
             tuple(inputs.values()),
             str(tmp),
-            input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES,
+            input_names=input_names,
+            output_names=output_names,
             dynamic_axes={
                 "point_coords": {1: "num_points"},
                 "point_labels": {1: "num_points"},
@@ -217,6 +216,23 @@ def export_decoder(
             str(fp32_path), str(qtmp), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
         )
         qtmp.replace(out)
+
+
+def export_decoder(
+    sam: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET, quantize: bool = False
+) -> dict[str, Any]:
+    """Write the decoder graph to ``out`` (and, with ``quantize``, an int8 version in its place).
+
+    Returns a small description (paths, sizes, input/output names) that the CLI prints and the server caches.
+    ``quantize`` applies onnxruntime's dynamic QUInt8 weight quantisation (about half the download and faster
+    MatMuls in wasm); the fp32 file is kept next to it as ``<out>.fp32.onnx``.
+    """
+    if opset < 16:
+        raise ValueError("opset must be >= 16 (GridSample)")
+    model = SamDecoderOnnx(sam).eval()
+    pe = model.prompt_encoder
+    write_graph(model, dummy_inputs(sam), out, INPUT_NAMES, OUTPUT_NAMES, opset=opset, quantize=quantize)
+    out = Path(out)
     return {
         "path": str(out),
         "bytes": out.stat().st_size,

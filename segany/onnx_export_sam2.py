@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from segany.modeling.sam2 import Sam2
 from segany.modeling.sam2_decoder import unpack_high_res
-from segany.onnx_export import DEFAULT_OPSET, SamDecoderOnnx
+from segany.onnx_export import DEFAULT_OPSET, SamDecoderOnnx, write_graph
 
 SAM2_INPUT_NAMES = [
     "image_embeddings",
@@ -113,38 +113,17 @@ def export_sam2_decoder(
     graph kept as ``<out>.fp32.onnx``); returns the description `segany export-onnx` prints."""
     if opset < 16:
         raise ValueError("opset must be >= 16")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = Sam2DecoderOnnx(sam).eval()
-    inputs = sam2_dummy_inputs(sam)
-    fp32_path = out.with_suffix(".fp32.onnx") if quantize else out
-    tmp = fp32_path.with_name(fp32_path.name + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            tuple(inputs.values()),
-            str(tmp),
-            input_names=SAM2_INPUT_NAMES,
-            output_names=SAM2_OUTPUT_NAMES,
-            dynamic_axes={
-                "point_coords": {1: "num_points"},
-                "point_labels": {1: "num_points"},
-                "masks": {2: "height", 3: "width"},
-            },
-            opset_version=opset,
-            do_constant_folding=True,
-            export_params=True,
-            dynamo=False,  # as SamDecoderOnnx: the output size is built from orig_im_size at run time
-        )
-    tmp.replace(fp32_path)
-    if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        qtmp = out.with_name(out.name + ".tmp")
-        quantize_dynamic(
-            str(fp32_path), str(qtmp), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
-        )
-        qtmp.replace(out)
+    write_graph(
+        model,
+        sam2_dummy_inputs(sam),
+        out,
+        SAM2_INPUT_NAMES,
+        SAM2_OUTPUT_NAMES,
+        opset=opset,
+        quantize=quantize,
+    )
+    out = Path(out)
     pe: Any = sam.prompt_encoder
     h, w = map(int, pe.image_embedding_size)
     c = int(pe.embed_dim)
