@@ -74,13 +74,16 @@ class SamDecoderOnnx(nn.Module):
     # Typed loosely: the official and segany's modules have the same attributes but no shared base class.
     prompt_encoder: Any
     mask_decoder: Any
+    # This graph ignores an HQ token: HQ-SAM decoders are exported by `segany.onnx_export_hq.HqDecoderOnnx`,
+    # which sets this and takes the image-side HQ features as an input.
+    takes_hq_features = False
 
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()
-        if getattr(sam.mask_decoder, "hq", False):
+        if getattr(sam.mask_decoder, "hq", False) and not self.takes_hq_features:
             raise ValueError(
-                "ONNX export of an HQ-SAM decoder is not supported (its HQ token needs the encoder's early "
-                "features, which the exported graph does not take); use SamPredictor, or a plain SAM model"
+                "SamDecoderOnnx would drop HQ-SAM's HQ token (it has no HQ-features input); export HQ-SAM "
+                "decoders with segany.onnx_export_hq.export_hq_decoder"
             )
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder

@@ -478,9 +478,10 @@ def test_cli_family_options_are_refused_for_other_families(tmp_path, capsys) -> 
 
 
 def test_onnx_export_refuses_hq_decoders() -> None:
-    """The exported browser decoder has no early-features input: an HQ model is refused, not exported as SAM."""
+    """SAM's exported decoder graph has no HQ-features input: an HQ model is refused there (it would be exported
+    as plain SAM), and exported by `segany.onnx_export_hq` instead (tests/test_onnx_hq.py)."""
     from segany.onnx_export import SamDecoderOnnx
 
-    with pytest.raises(ValueError, match="HQ-SAM"):
+    with pytest.raises(ValueError, match="export_hq_decoder"):
         SamDecoderOnnx(build_sam(replace(TINY, hq_token=True)))
     SamDecoderOnnx(build_sam(TINY))
