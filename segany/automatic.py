@@ -74,6 +74,10 @@ SA1B_PRESET: dict[str, Any] = {
 _FAST_STABILITY_MARGIN = 0.05
 
 
+class GeneratorOptionError(ValueError):
+    """A generator option that cannot work (out of range, or for another model family): the user's to fix."""
+
+
 @dataclass
 class _Store:
     """Packed-bit masks that share one frame: rows of ceil(h*w/8) uint8, placed at (x0, y0) in the image."""
@@ -188,27 +192,31 @@ class SamAutomaticMaskGenerator:
           use_m2m: decode every mask once more with its own low-res logits as the mask prompt.
         """
         if (points_per_side is None) == (point_grids is None):
-            raise ValueError("Exactly one of points_per_side or point_grids must be provided.")
+            raise GeneratorOptionError("Exactly one of points_per_side or point_grids must be provided.")
         if output_mode not in _OUTPUT_MODES:
-            raise ValueError(f"Unknown output_mode {output_mode!r}; expected one of {_OUTPUT_MODES}")
+            raise GeneratorOptionError(
+                f"Unknown output_mode {output_mode!r}; expected one of {_OUTPUT_MODES}"
+            )
         if points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+            raise GeneratorOptionError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if crop_n_layers < 0:
-            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+            raise GeneratorOptionError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
         from segany.modeling.sam2 import Sam2
 
         self.is_sam2 = isinstance(model, Sam2)
         if hq_token_only and not getattr(model, "is_hq", False):
-            raise ValueError("hq_token_only needs an HQ-SAM model (hq_vit_*)")
+            raise GeneratorOptionError("hq_token_only needs an HQ-SAM model (hq_vit_*)")
         if (use_m2m or not multimask_output) and not self.is_sam2:
-            raise ValueError(
+            raise GeneratorOptionError(
                 "use_m2m and multimask_output=False are SAM 2 generator options (sam2*_hiera_* models)"
             )
         if max_mask_area_fraction is not None and not 0 < max_mask_area_fraction <= 1:
-            raise ValueError(f"max_mask_area_fraction must be in (0, 1], got {max_mask_area_fraction}")
+            raise GeneratorOptionError(
+                f"max_mask_area_fraction must be in (0, 1], got {max_mask_area_fraction}"
+            )
         if points_per_side is not None:
             if points_per_side < 1 or crop_n_points_downscale_factor < 1:
-                raise ValueError("points_per_side and crop_n_points_downscale_factor must be >= 1")
+                raise GeneratorOptionError("points_per_side and crop_n_points_downscale_factor must be >= 1")
             grids = build_all_layer_point_grids(
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
@@ -216,7 +224,7 @@ class SamAutomaticMaskGenerator:
             assert point_grids is not None
             grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
         if len(grids) < crop_n_layers + 1:
-            raise ValueError(
+            raise GeneratorOptionError(
                 f"point_grids has {len(grids)} grids; crop_n_layers={crop_n_layers} needs one per layer"
             )
         if output_mode == "coco_rle":

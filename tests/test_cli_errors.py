@@ -141,6 +141,8 @@ def test_other_commands_report_expected_errors_in_one_line(files, tmp_path, caps
     wrong = ["--model", "tiny", "--checkpoint", str(DEFAULT_WEIGHTS), "--no-progress"]
     assert main(["auto", str(files["img"]), "--out", str(tmp_path / "a"), *wrong]) == 2
     assert "missing key(s)" in _error_line(capsys.readouterr().err)
+    assert main(["auto", str(files["img"]), "--out", str(tmp_path / "b"), "--points-per-side", "0"]) == 2
+    assert "points_per_side" in _error_line(capsys.readouterr().err)
 
 
 def test_embedding_of_another_image_is_refused_by_segment(files, tmp_path, capsys):

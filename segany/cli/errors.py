@@ -1,9 +1,10 @@
 """Expected errors of the command line: reported as one ``segany: error: ...`` line on stderr, exit status 2.
 
 Besides `CommandError`, the library's own typed errors count as expected: a bad prompt (`PromptError`), an image
-that cannot be read (`ImageError`, or a missing file), a checkpoint that does not fit (`CheckpointError`) and an
-embedding of another image or model (`EmbeddingError`). Anything else is a bug and keeps its traceback;
-``segany --debug`` shows the traceback of expected errors too.
+that cannot be read (`ImageError`, or a missing file), a checkpoint that does not fit (`CheckpointError`), an
+embedding of another image or model (`EmbeddingError`) and a generator option that cannot work
+(`GeneratorOptionError`). Anything else is a bug and keeps its traceback; ``segany --debug`` shows the traceback
+of expected errors too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _EXPECTED: dict[str, tuple[str, ...]] = {
     "segany.predictor": ("PromptError", "EmbeddingError"),
     "segany.images": ("ImageError",),
     "segany.checkpoint": ("CheckpointError",),
+    "segany.automatic": ("GeneratorOptionError",),
 }
 
 
