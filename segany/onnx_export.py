@@ -233,16 +233,30 @@ def export_decoder(
     if opset < 16:
         raise ValueError("opset must be >= 16 (GridSample)")
     model = SamDecoderOnnx(sam).eval()
-    pe = model.prompt_encoder
     write_graph(model, dummy_inputs(sam), out, INPUT_NAMES, OUTPUT_NAMES, opset=opset, quantize=quantize)
+    return graph_description(sam, out, INPUT_NAMES, OUTPUT_NAMES, opset=opset, quantize=quantize)
+
+
+def graph_description(
+    sam: nn.Module,
+    out: str | Path,
+    inputs: list[str],
+    outputs: list[str],
+    *,
+    opset: int,
+    quantize: bool,
+) -> dict[str, Any]:
+    """What every decoder export returns (and `segany export-onnx` prints): the written file, its names and the
+    image-embedding shape it expects; family exports add their extra inputs' shapes."""
+    pe: Any = sam.prompt_encoder
     out = Path(out)
     return {
         "path": str(out),
         "bytes": out.stat().st_size,
         "quantized": quantize,
         "opset": opset,
-        "inputs": INPUT_NAMES,
-        "outputs": OUTPUT_NAMES,
+        "inputs": inputs,
+        "outputs": outputs,
         "image_size": int(pe.input_image_size[0]),
         "embedding_shape": [1, int(pe.embed_dim), *map(int, pe.image_embedding_size)],
     }

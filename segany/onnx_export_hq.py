@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segany.onnx_export import DEFAULT_OPSET, SamDecoderOnnx, dummy_inputs, write_graph
+from segany.onnx_export import DEFAULT_OPSET, SamDecoderOnnx, dummy_inputs, graph_description, write_graph
 
 HQ_INPUT_NAMES = [
     "image_embeddings",
@@ -127,19 +127,10 @@ def export_hq_decoder(
     write_graph(
         model, hq_dummy_inputs(sam), out, HQ_INPUT_NAMES, HQ_OUTPUT_NAMES, opset=opset, quantize=quantize
     )
-    out = Path(out)
     pe: Any = sam.prompt_encoder
     h, w = map(int, pe.image_embedding_size)
     c = int(pe.embed_dim)
-    return {
-        "path": str(out),
-        "bytes": out.stat().st_size,
-        "quantized": quantize,
-        "opset": opset,
-        "inputs": HQ_INPUT_NAMES,
-        "outputs": HQ_OUTPUT_NAMES,
-        "image_size": int(pe.input_image_size[0]),
-        "embedding_shape": [1, c, h, w],
+    return graph_description(sam, out, HQ_INPUT_NAMES, HQ_OUTPUT_NAMES, opset=opset, quantize=quantize) | {
         "hq_features_shape": [1, c // 8, 4 * h, 4 * w],
         "hq_token_only": hq_token_only,
     }

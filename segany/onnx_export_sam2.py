@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from segany.modeling.sam2 import Sam2
 from segany.modeling.sam2_decoder import unpack_high_res
-from segany.onnx_export import DEFAULT_OPSET, SamDecoderOnnx, write_graph
+from segany.onnx_export import DEFAULT_OPSET, SamDecoderOnnx, graph_description, write_graph
 
 SAM2_INPUT_NAMES = [
     "image_embeddings",
@@ -123,18 +123,11 @@ def export_sam2_decoder(
         opset=opset,
         quantize=quantize,
     )
-    out = Path(out)
     pe: Any = sam.prompt_encoder
     h, w = map(int, pe.image_embedding_size)
     c = int(pe.embed_dim)
-    return {
-        "path": str(out),
-        "bytes": out.stat().st_size,
-        "quantized": quantize,
-        "opset": opset,
-        "inputs": SAM2_INPUT_NAMES,
-        "outputs": SAM2_OUTPUT_NAMES,
-        "image_size": int(pe.input_image_size[0]),
-        "embedding_shape": [1, c, h, w],
+    return graph_description(
+        sam, out, SAM2_INPUT_NAMES, SAM2_OUTPUT_NAMES, opset=opset, quantize=quantize
+    ) | {
         "high_res_shapes": [[1, c // 8, 4 * h, 4 * w], [1, c // 4, 2 * h, 2 * w]],
     }
