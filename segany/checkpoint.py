@@ -127,16 +127,23 @@ def read_generator_defaults(path: str | Path) -> dict[str, float]:
     return {k: float(v) for k, v in raw.items()}
 
 
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file, as stored (dtype kept), and its string metadata: what a rewrite of
+    the file needs to change one part and keep the rest."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+    return tensors, meta
+
+
 def write_generator_defaults(path: str | Path, defaults: Mapping[str, float]) -> None:
     """Store recommended generator settings in a segany safetensors file, keeping its tensors and config."""
     import json
 
-    from safetensors import safe_open
-
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+    tensors, meta = read_safetensors(path)
     meta[GENERATOR_METADATA_KEY] = json.dumps({k: float(v) for k, v in sorted(defaults.items())})
     save_safetensors(path, tensors, metadata=meta)
     read_generator_defaults(path)  # refuses what it could not read back

@@ -38,11 +38,10 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from safetensors import safe_open
     from tqdm import tqdm
 
     from segany.build import DEFAULT_WEIGHTS
-    from segany.checkpoint import GENERATOR_METADATA_KEY, save_safetensors
+    from segany.checkpoint import GENERATOR_METADATA_KEY, read_safetensors, save_safetensors
     from segany.cli.errors import CommandError
     from segany.cli.model_args import model_from_args
     from segany.data.mixed import open_source
@@ -92,9 +91,7 @@ def run(args: argparse.Namespace) -> int:
         len(model.mask_decoder.iou_prediction_head.layers) - 1
     )
     new = model.state_dict()
-    with safe_open(str(src), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+    tensors, meta = read_safetensors(src)
     for key in (f"{head}.weight", f"{head}.bias"):
         if key not in tensors:
             raise CommandError(f"{src} has no {key}: not a SAM-layout file")
