@@ -47,7 +47,7 @@ from segany.masks.rle import counts_to_coco_string, masks_to_rle_counts
 from segany.modeling import Sam
 from segany.modeling.common import LayerNorm2d
 from segany.modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
-from segany.predictor import SamPredictor
+from segany.predictor import ImageEmbedding, SamPredictor
 
 __all__ = ["SA1B_PRESET", "OutputMode", "SamAutomaticMaskGenerator"]
 
@@ -234,6 +234,7 @@ class SamAutomaticMaskGenerator:
 
         self.point_grids = grids
         self.predictor = SamPredictor(model)
+        self._embedding: ImageEmbedding | None = None  # set by `generate` for the whole-image crop
         self.points_per_batch = points_per_batch
         own = getattr(model, "generator_defaults", {}) or {}
         self.pred_iou_thresh = float(
@@ -295,8 +296,11 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------------------------------------ generate
     @torch.inference_mode()
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def generate(self, image: np.ndarray, embedding: ImageEmbedding | None = None) -> list[dict[str, Any]]:
         """Masks for an ``H x W x 3`` uint8 RGB image.
+
+        ``embedding``: this image's `ImageEmbedding` from this model (e.g. a cached one), used for the whole-image
+        crop instead of running the encoder again (smaller crops are still encoded); the same masks result.
 
         Returns:
           One record per mask: ``segmentation`` (H x W bool array, or an RLE dict per `output_mode`), ``area``
@@ -310,6 +314,12 @@ class SamAutomaticMaskGenerator:
             or image.dtype != np.uint8
         ):
             raise ValueError("image must be an H x W x 3 uint8 numpy array")
+        if embedding is not None and tuple(embedding.original_size) != image.shape[:2]:
+            raise ValueError(
+                f"the embedding is of a {tuple(embedding.original_size)} image, not of this "
+                f"{image.shape[:2]} one"
+            )
+        self._embedding = embedding
         self.timings = {"encoder": 0.0, "decoder": 0.0, "filter_nms": 0.0, "rle": 0.0}
         self.filter_counts = {
             "candidates": 0,
@@ -356,7 +366,11 @@ class SamAutomaticMaskGenerator:
         crop = image[y0:y1, x0:x1, :]
         h, w = crop.shape[:2]
         with _Timer(self.timings, "encoder"):
-            self.predictor.set_image(crop)
+            whole = (x0, y0, x1, y1) == (0, 0, im_w, im_h)
+            if whole and self._embedding is not None:
+                self.predictor.set_embedding(self._embedding)
+            else:
+                self.predictor.set_image(crop)
         input_size = self.predictor.input_size
         assert input_size is not None
         # the points in the crop frame, for the records: float64 (SAM), float32 (SAM 2's generator rounds them)

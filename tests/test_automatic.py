@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from segany.automatic import SA1B_PRESET, SamAutomaticMaskGenerator, _GridDecoder, _upsample
 from segany.build import TINY
 from segany.masks import decode_rle, rle_to_mask
+from segany.predictor import SamPredictor
 
 sa = pytest.importorskip("segment_anything")
 from oracle import amg_twin_models  # noqa: E402
@@ -253,3 +254,26 @@ def test_explain_empty_names_the_filter_that_removed_everything() -> None:
     assert "none reached stability_score_thresh 1.5" in g.explain_empty()
     g = SamAutomaticMaskGenerator(model, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     assert g.generate(image) and g.explain_empty() == ""  # masks were returned: nothing to explain
+
+
+def test_a_precomputed_embedding_replaces_the_whole_image_encoder_run(pair):
+    """`generate(image, embedding=...)` (the server's cached embedding) gives the same records without running
+    the encoder on the whole image; smaller crops are still encoded; another image's embedding is refused."""
+    _, ours = pair
+    image = smooth_image(3)
+    kw = {**LOW, "crop_n_layers": 1, "crop_n_points_downscale_factor": 2}
+    ref = SamAutomaticMaskGenerator(ours, **kw).generate(image)
+    predictor = SamPredictor(ours)
+    predictor.set_image(image)
+    embedding = predictor.get_embedding()
+    seen: list[tuple[int, ...]] = []
+    hook = ours.image_encoder.register_forward_pre_hook(lambda _m, a: seen.append(tuple(a[0].shape)))
+    try:
+        got = SamAutomaticMaskGenerator(ours, **kw).generate(image, embedding=embedding)
+    finally:
+        hook.remove()
+    assert len(ref) >= 3
+    assert_same_masks(got, ref)
+    assert len(seen) == 4  # the four layer-1 crops only, not the whole image
+    with pytest.raises(ValueError, match="embedding is of a"):
+        SamAutomaticMaskGenerator(ours, **LOW).generate(smooth_image(3, h=150), embedding=embedding)

@@ -416,6 +416,45 @@ def test_prefill_marks_model_masks_and_runs_once(tmp_path: Path) -> None:
     assert second["created"] == 0 and len(second["annotations"]) == first["created"] + 1
 
 
+def test_prefill_reuses_the_pages_embedding_and_caches_its_own(tmp_path: Path) -> None:
+    """Pre-fill never runs the encoder on the whole image twice: after the page's embedding request it decodes
+    from the cache (the same masks as a pre-fill that encodes), and a pre-fill of a new image leaves the embedding
+    cached for the page."""
+    make_images(tmp_path / "images")
+    app = create_app(
+        _settings(tmp_path, prefill_points_per_side=4, prefill_iou_thresh=0.0, prefill_stability_thresh=0.0)
+    )
+    c = TestClient(app, base_url=BASE)
+    c.headers["X-CSRF-Token"] = c.post("/api/login", json={"username": "admin", "password": PASSWORD}).json()[
+        "csrf_token"
+    ]
+    service = app.state.model
+    runs: list[int] = []
+    service.sam().image_encoder.register_forward_pre_hook(lambda _m, _a: runs.append(1))
+
+    def model_masks(body: dict) -> list[tuple[str, float]]:
+        return sorted((a["rle"]["counts"], round(a["predicted_iou"], 5)) for a in body["annotations"])
+
+    assert c.get("/api/images/1/embedding").status_code == 200 and len(runs) == 1
+    cached = c.post("/api/images/1/prefill").json()
+    assert cached["created"] >= 1 and len(runs) == 1  # the page's embedding, not a second encoder run
+    fresh = c.post("/api/images/2/prefill").json()
+    assert fresh["created"] >= 1 and len(runs) == 2
+    assert c.get("/api/images/2/embedding").status_code == 200 and len(runs) == 2  # pre-fill cached it
+    # the same masks as encoding afresh: a new server with an empty cache
+    make_images(tmp_path / "b" / "images")
+    other = create_app(
+        _settings(
+            tmp_path / "b", prefill_points_per_side=4, prefill_iou_thresh=0.0, prefill_stability_thresh=0.0
+        )
+    )
+    c2 = TestClient(other, base_url=BASE)
+    c2.headers["X-CSRF-Token"] = c2.post(
+        "/api/login", json={"username": "admin", "password": PASSWORD}
+    ).json()["csrf_token"]
+    assert model_masks(c2.post("/api/images/1/prefill").json()) == model_masks(cached)
+
+
 def test_cli_refuses_to_start_without_password(tmp_path: Path, monkeypatch, capsys) -> None:
     import argparse
 

@@ -562,7 +562,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
 
             try:
                 masks, seconds = model.prefill(
-                    load_rgb(img),
+                    img.sha256,
+                    lambda: load_rgb(img),
                     settings.prefill_points_per_side,
                     settings.prefill_iou_thresh,
                     settings.prefill_stability_thresh,

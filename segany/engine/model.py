@@ -323,16 +323,23 @@ class ModelService:
             _atomic_write(path, buf.getvalue())
         return True
 
-    def _new_predictor(self, low_res_only: bool = False) -> Any:
-        """A `SamPredictor` of the model, given the model's hashes computed once (not once per predictor);
-        ``low_res_only``: its masks are not upsampled to the image's size (`_LowResOnly`)."""
-        from segany.predictor import SamPredictor, encoder_sha256, model_fingerprint
+    def _model_hashes(self) -> tuple[str, str]:
+        """The model's (`encoder_sha256`, `model_fingerprint`), computed once."""
+        from segany.predictor import encoder_sha256, model_fingerprint
 
         sam = self.sam()
         with self._lock:
             if self._hashes is None:
                 self._hashes = (encoder_sha256(sam), model_fingerprint(sam))
-            sha, fingerprint = self._hashes
+            return self._hashes
+
+    def _new_predictor(self, low_res_only: bool = False) -> Any:
+        """A `SamPredictor` of the model, given the model's hashes computed once (not once per predictor);
+        ``low_res_only``: its masks are not upsampled to the image's size (`_LowResOnly`)."""
+        from segany.predictor import SamPredictor
+
+        sam = self.sam()
+        sha, fingerprint = self._model_hashes()
         model: Any = _LowResOnly(sam) if low_res_only else sam
         predictor = SamPredictor(model)
         predictor._weights_sha256, predictor._fingerprint = sha, fingerprint
@@ -518,7 +525,8 @@ class ModelService:
 
     def prefill(
         self,
-        rgb: np.ndarray,
+        image_sha: str,
+        load_rgb: Callable[[], Any],
         points_per_side: int,
         pred_iou_thresh: float | None,
         stability_thresh: float | None,
@@ -526,14 +534,23 @@ class ModelService:
     ) -> tuple[list[dict], float]:
         """Stage 2: the masks the automatic generator is confident about, as COCO RLE, and the seconds it took.
 
-        ``progress(done, total)`` is called as the grid's points are decoded (``done`` = 0 while the image is
-        encoded); it counts the points that went through the decoder's IoU head.
+        The image's cached embedding is used (computed and cached first if missing, as the page's own request
+        would), so a pre-fill never runs the encoder on an image the page has already embedded, and the page's
+        next request for it finds it cached. ``progress(done, total)`` is called as the grid's points are decoded
+        (``done`` = 0 while the image is encoded); it counts the points that went through the decoder's IoU head.
         """
         import torch
 
         from segany.automatic import SamAutomaticMaskGenerator
 
         total = points_per_side * points_per_side
+        if progress is not None:
+            progress(0, total)
+        t0 = time.perf_counter()
+        if not self._cached(image_sha):
+            with self._on_demand(image_sha):
+                self._compute_embedding(image_sha, load_rgb, self.embedding_path(image_sha), cancel=None)
+        rgb = load_rgb()
         with self._compute_lock, torch.inference_mode():
             sam = self.sam()
             gen = SamAutomaticMaskGenerator(
@@ -543,6 +560,9 @@ class ModelService:
                 stability_score_thresh=stability_thresh,
                 output_mode="coco_rle",
             )
+            # the model's hashes (the embedding's check), computed once per server, not once per pre-fill
+            gen.predictor._weights_sha256, gen.predictor._fingerprint = self._model_hashes()
+            embedding = self._load_embedding(image_sha, rgb.shape[:2], gen.predictor)
             done = [0]
 
             def count(_module: Any, args: Any) -> None:
@@ -552,11 +572,8 @@ class ModelService:
 
             head = getattr(getattr(sam, "mask_decoder", None), "iou_prediction_head", None)
             handle = head.register_forward_pre_hook(count) if head is not None and progress else None
-            if progress is not None:
-                progress(0, total)
-            t0 = time.perf_counter()
             try:
-                masks = gen.generate(rgb)
+                masks = gen.generate(rgb, embedding=embedding)
             finally:
                 if handle is not None:
                     handle.remove()
