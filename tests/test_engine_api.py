@@ -394,6 +394,34 @@ def test_cache_is_keyed_by_the_weights_and_the_exporter(tmp_path: Path, monkeypa
     assert again.decoder_path() != exported  # an upgraded exporter writes its own file
 
 
+def test_export_tag_follows_the_traced_modules_and_versions(tmp_path: Path, monkeypatch) -> None:
+    """A patched module the export traces (not only onnx_export.py), or another torch, names a new decoder."""
+    import importlib.metadata
+    import importlib.util
+
+    from segany.engine import model as engine_model
+
+    base = engine_model.decoder_export_tag()
+    assert base == engine_model.decoder_export_tag() and len(base) == 12
+    real_find, real_version = importlib.util.find_spec, importlib.metadata.version
+    patched = tmp_path / "transformer.py"
+    patched.write_text(Path(real_find("segany.modeling.transformer").origin).read_text() + "\n# patched\n")
+
+    def find(name, *a):
+        spec = real_find(name, *a)
+        if name == "segany.modeling.transformer":
+            spec = importlib.util.spec_from_file_location(name, patched)
+        return spec
+
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", find)
+        assert engine_model.decoder_export_tag() != base
+    with monkeypatch.context() as m:
+        m.setattr(importlib.metadata, "version", lambda d: "0.0.1" if d == "torch" else real_version(d))
+        assert engine_model.decoder_export_tag() != base
+    assert engine_model.decoder_export_tag() == base
+
+
 def test_prefill_marks_model_masks_and_runs_once(tmp_path: Path) -> None:
     make_images(tmp_path / "images")
     # Thresholds off: the random tiny model is never "confident"; the real default keeps IoU > 0.9 only.

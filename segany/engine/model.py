@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import io
 import logging
@@ -56,18 +57,34 @@ def _lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-def decoder_export_tag() -> str:
-    """Names the exporter that made a cached decoder: the hash of ``segany/onnx_export.py`` and segany's version.
+# What a cached browser decoder depends on besides the weights: the exporter and the modules it traces.
+_EXPORT_SOURCES = (
+    "segany.onnx_export",
+    "segany.modeling.prompt_encoder",
+    "segany.modeling.mask_decoder",
+    "segany.modeling.transformer",
+    "segany.modeling.common",
+)
 
-    The cache folder is already keyed by the weights' hash; this tag makes a new exporter (an upgrade) write a new
-    file instead of serving an export made by the old one.
+
+def decoder_export_tag() -> str:
+    """Names the exporter that made a cached decoder: a hash of segany's version, the torch and onnx versions that
+    traced it, and the source of the exporter and of every module it traces (`_EXPORT_SOURCES`).
+
+    The cache folder is already keyed by the weights' hash; this tag makes any change to what the graph is built
+    from (an upgrade, a patched module) write a new file instead of serving an export made by the old code.
     """
     import segany
 
-    spec = importlib.util.find_spec("segany.onnx_export")
     h = hashlib.sha256(segany.__version__.encode())
-    if spec is not None and spec.origin is not None:
-        h.update(Path(spec.origin).read_bytes())
+    for dist in ("torch", "onnx"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            h.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+    for name in _EXPORT_SOURCES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin is not None:
+            h.update(name.encode())
+            h.update(Path(spec.origin).read_bytes())
     return h.hexdigest()[:12]
 
 
