@@ -331,6 +331,8 @@ class _PageParts(nn.Module):
     mask_cv: torch.Tensor
     mask_gq: torch.Tensor
     mask_cq: torch.Tensor
+    up_w1: torch.Tensor
+    up_b1: torch.Tensor
 
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()
