@@ -620,6 +620,42 @@ def test_prefetch_gives_way_and_never_computes_twice(tmp_path: Path) -> None:
     model.close()
 
 
+def test_a_prefill_makes_a_running_prefetch_give_way(tmp_path: Path) -> None:
+    """A pre-fill of an image whose embedding is cached does not wait behind a background prefetch of another
+    image (nice 19, holding the compute lock): the prefetch stops at its next encoder layer."""
+    import threading
+
+    from segany.engine.model import ModelService
+
+    model = ModelService(ModelSpec(kind="tiny"), tmp_path / "cache")
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    x, y = "x" * 64, "y" * 64
+    model.embedding(x, lambda: rgb)  # the page opened x
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(_module, _args) -> None:  # the prefetch is inside the encoder, holding the compute lock
+        if threading.current_thread().name == "segany-prefetch":
+            started.set()
+            assert gate.wait(PATIENCE_S)
+
+    model.sam().image_encoder.register_forward_pre_hook(hold)
+    model.prefetch([(y, lambda: rgb)])
+    assert started.wait(PATIENCE_S)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(model.prefill(x, lambda: rgb, 4, 0.0, 0.0)))
+    t.start()
+    deadline = time.monotonic() + PATIENCE_S
+    while x not in model._demanded:  # the pre-fill has asked for the machine
+        assert time.monotonic() < deadline, "the pre-fill never asked the prefetch to give way"
+        time.sleep(0.01)
+    gate.set()
+    t.join(PATIENCE_S)
+    assert out and len(out[0][0]) >= 1
+    assert model.prefetch_idle(PATIENCE_S)
+    assert not model.embedding_path(y).exists() and model.prefetched == []
+    model.close()
+
+
 def test_prefill_reports_progress(tmp_path: Path) -> None:
     """While the POST runs, GET .../prefill/progress counts the grid points decoded (the page shows n/N)."""
     import threading

@@ -553,7 +553,9 @@ class ModelService:
 
         The image's cached embedding is used (computed and cached first if missing, as the page's own request
         would), so a pre-fill never runs the encoder on an image the page has already embedded, and the page's
-        next request for it finds it cached. ``progress(done, total)`` is called as the grid's points are decoded
+        next request for it finds it cached. The pre-fill is an on-demand request throughout: a background
+        prefetch of another image (at nice 19, holding the compute lock) gives way at its next encoder layer and
+        no new one starts until it is done. ``progress(done, total)`` is called as the grid's points are decoded
         (``done`` = 0 while the image is encoded); it counts the points that went through the decoder's IoU head.
         """
         import torch
@@ -564,37 +566,36 @@ class ModelService:
         if progress is not None:
             progress(0, total)
         t0 = time.perf_counter()
-        if not self._cached(image_sha):
-            with self._on_demand(image_sha):
-                self._compute_embedding(image_sha, load_rgb, self.embedding_path(image_sha), cancel=None)
-        rgb = load_rgb()
-        with self._compute_lock, torch.inference_mode():
-            sam = self.sam()
-            gen = SamAutomaticMaskGenerator(
-                sam,
-                points_per_side=points_per_side,
-                pred_iou_thresh=pred_iou_thresh,
-                stability_score_thresh=stability_thresh,
-                output_mode="coco_rle",
-            )
-            # the model's hashes (the embedding's check), computed once per server, not once per pre-fill
-            gen.predictor._weights_sha256, gen.predictor._fingerprint = self._model_hashes()
-            embedding = self._load_embedding(image_sha, rgb.shape[:2], gen.predictor)
-            done = [0]
+        with self._on_demand(image_sha):
+            self._compute_embedding(image_sha, load_rgb, self.embedding_path(image_sha), cancel=None)
+            rgb = load_rgb()
+            with self._compute_lock, torch.inference_mode():
+                sam = self.sam()
+                gen = SamAutomaticMaskGenerator(
+                    sam,
+                    points_per_side=points_per_side,
+                    pred_iou_thresh=pred_iou_thresh,
+                    stability_score_thresh=stability_thresh,
+                    output_mode="coco_rle",
+                )
+                # the model's hashes (the embedding's check), computed once per server, not once per pre-fill
+                gen.predictor._weights_sha256, gen.predictor._fingerprint = self._model_hashes()
+                embedding = self._load_embedding(image_sha, rgb.shape[:2], gen.predictor)
+                done = [0]
 
-            def count(_module: Any, args: Any) -> None:
-                if progress is not None and args and hasattr(args[0], "shape"):
-                    done[0] = min(total, done[0] + int(args[0].shape[0]))
-                    progress(done[0], total)
+                def count(_module: Any, args: Any) -> None:
+                    if progress is not None and args and hasattr(args[0], "shape"):
+                        done[0] = min(total, done[0] + int(args[0].shape[0]))
+                        progress(done[0], total)
 
-            head = getattr(getattr(sam, "mask_decoder", None), "iou_prediction_head", None)
-            handle = head.register_forward_pre_hook(count) if head is not None and progress else None
-            try:
-                masks = gen.generate(rgb, embedding=embedding)
-            finally:
-                if handle is not None:
-                    handle.remove()
-            seconds = time.perf_counter() - t0
-            if progress is not None:
-                progress(total, total)
+                head = getattr(getattr(sam, "mask_decoder", None), "iou_prediction_head", None)
+                handle = head.register_forward_pre_hook(count) if head is not None and progress else None
+                try:
+                    masks = gen.generate(rgb, embedding=embedding)
+                finally:
+                    if handle is not None:
+                        handle.remove()
+                seconds = time.perf_counter() - t0
+        if progress is not None:
+            progress(total, total)
         return masks, seconds
