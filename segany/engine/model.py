@@ -533,6 +533,10 @@ class ModelService:
                     self.prefetched.append(sha)
             except _Cancelled:
                 log.debug("prefetch of %s gave way", sha)
+                with self._cond:  # to an on-demand request: still wanted, so it runs again first, after it
+                    wanted = not (self._closed or self._stop_current or sha in self._demanded)
+                    if wanted and all(q[0] != sha for q in self._queue):
+                        self._queue.insert(0, (sha, load_rgb))
             except Exception as err:  # noqa: BLE001 - a failed prefetch must not stop the next ones
                 log.warning("prefetching embedding %s failed: %s", sha[:12], err)
             finally:
