@@ -94,6 +94,23 @@ def test_model_info_says_server_and_there_is_no_browser_decoder(served) -> None:
     assert client.get("/api/model/decoder.image.onnx").status_code == 404
 
 
+def test_embedding_without_its_bytes_is_computed_and_cached(served) -> None:
+    """``GET .../embedding?data=false`` (what a page that decodes on the server asks): 204, the shape header, and
+    the embedding cached, so the next full request reads the same file."""
+    import hashlib
+
+    _, client, _, tmp = served
+    app_model = client.app.state.model
+    sha = hashlib.sha256((tmp / "images" / "img1.png").read_bytes()).hexdigest()
+    r = client.get("/api/images/2/embedding?data=false")
+    assert app_model._cached(sha)  # embedding and the server decoder's features
+    assert r.status_code == 204 and r.content == b""
+    shape = [int(v) for v in r.headers["X-Embedding-Shape"].split(",")]
+    assert shape == app_model.info()["embedding_shape"]
+    full = client.get("/api/images/2/embedding")
+    assert full.status_code == 200 and len(full.content) == 4 * int(np.prod(shape))
+
+
 @pytest.mark.parametrize("index", [1, 2])
 def test_decode_equals_sam_predictor(served, index: int) -> None:
     _, client, sam, tmp = served
@@ -265,6 +282,8 @@ def test_page_draws_the_predictor_mask_in_chromium(tmp_path: Path, family: str) 
             page.set_default_timeout(PATIENCE_S * 1000)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            asked: list[str] = []
+            page.on("request", lambda r: asked.append(r.url) if "/embedding" in r.url else None)
             page.goto(base + "/#image=1")
             page.fill("#login-user", "admin")
             page.fill("#login-password", PASSWORD)
@@ -300,6 +319,8 @@ def test_page_draws_the_predictor_mask_in_chromium(tmp_path: Path, family: str) 
             )[-1]
             browser.close()
         assert not errors, errors
+        # the server decodes: the page has the embedding computed but never downloads its bytes
+        assert asked and all(u.endswith("/embedding?data=false") for u in asked), asked
     finally:
         server.should_exit = True
         thread.join(30)

@@ -437,14 +437,21 @@ def create_app(settings: EngineSettings) -> FastAPI:
         return media.decode(data, max_pixels=settings.max_pixels, max_bytes=1 << 40, name=img.file_name).rgb
 
     @app.get("/api/images/{image_id}/embedding", response_class=Response)
-    def embedding(image_id: DbId, who: Who) -> Response:
+    def embedding(image_id: DbId, who: Who, data: bool = True) -> Response:
+        """The image's float32 embedding (computed and cached on first use). ``?data=false``: computed and cached
+        all the same, answered 204 without the bytes (a page whose clicks the server decodes never reads them)."""
         img = store.image_for(engine, who, image_id)
-        data = model.embedding(img.sha256, lambda: load_rgb(img))
+        if data:
+            body = model.embedding(img.sha256, lambda: load_rgb(img))
+        else:
+            model.ensure_embedding(img.sha256, lambda: load_rgb(img))
         # The images the annotator meets next: computed in the background while this one is annotated.
         model.prefetch(prefetch_order(engine, settings, img.project_id, after=img.id))
         shape = ",".join(map(str, model.info()["embedding_shape"]))
-        return Response(data, media_type="application/octet-stream",
-                        headers={"X-Embedding-Shape": shape, "Cache-Control": "private, max-age=3600"})  # fmt: skip
+        headers = {"X-Embedding-Shape": shape, "Cache-Control": "private, max-age=3600"}
+        if not data:
+            return Response(status_code=204, headers=headers)
+        return Response(body, media_type="application/octet-stream", headers=headers)
 
     @app.post("/api/images/{image_id}/decode")
     def decode(image_id: DbId, body: DecodeIn, who: Who) -> DecodeOut:

@@ -311,12 +311,18 @@ class ModelService:
         ``load_rgb`` is called only on a cache miss; concurrent requests for the same image compute it once, and
         a request for an image the prefetcher is computing waits for that instead of starting again.
         """
+        path = self.ensure_embedding(image_sha, load_rgb)
+        arr = np.load(path, allow_pickle=False)
+        return np.ascontiguousarray(arr, dtype="<f4").tobytes()
+
+    def ensure_embedding(self, image_sha: str, load_rgb: Callable[[], Any]) -> Path:
+        """Compute and cache one image's embedding (and the server decoder's features) unless cached; its path.
+        What `embedding` does without reading the file: pages that decode on the server need only this."""
         path = self.embedding_path(image_sha)
         if not self._cached(image_sha):
             with self._on_demand(image_sha):
                 self._compute_embedding(image_sha, load_rgb, path, cancel=None)
-        arr = np.load(path, allow_pickle=False)
-        return np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        return path
 
     def _compute_embedding(
         self, image_sha: str, load_rgb: Callable[[], Any], path: Path, cancel: Callable[[], bool] | None

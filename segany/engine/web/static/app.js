@@ -149,9 +149,12 @@ async function openImage(i, listFresh = false) {
   fitView();
   setStatus("loading image…");
   // The image, its masks, its embedding (cached or prefetched by the server) and the list load in parallel.
-  const embedding = api("GET", `/api/images/${image.id}/embedding`).then(async (r) => ({
-    shape: r.headers.get("X-Embedding-Shape").split(",").map(Number), data: new Float32Array(await r.arrayBuffer()),
-  }));
+  // A page whose clicks the server decodes (HQ-SAM, SAM 2) only needs the embedding computed, not its bytes.
+  const bytes = state.model.decode !== "server";
+  const embedding = api("GET", `/api/images/${image.id}/embedding${bytes ? "" : "?data=false"}`).then(async (r) => (
+    bytes ? { shape: r.headers.get("X-Embedding-Shape").split(",").map(Number), data: new Float32Array(await r.arrayBuffer()) }
+      : { shape: state.model.embedding_shape, data: null } // 204: computed, no body
+  ));
   embedding.catch(() => {}); // awaited below
   const img = $("image");
   const shown = new Promise((resolve, reject) => {
