@@ -580,13 +580,17 @@ def test_prefetch_computes_the_next_images_embedding(tmp_path: Path) -> None:
     model.close()
 
 
-def test_prefetch_gives_way_and_never_computes_twice(tmp_path: Path) -> None:
+def test_prefetch_gives_way_and_never_computes_twice(tmp_path: Path, monkeypatch) -> None:
     """A prefetch dropped from the queue stops; an on-demand request for the image being prefetched waits for it
-    instead of computing it again."""
+    instead of computing it again (the prefetch is not starved of CPU)."""
     import threading
 
+    from segany.engine import model as engine_model
     from segany.engine.model import ModelService
 
+    monkeypatch.setattr(
+        engine_model, "PREFETCH_STARVED_MARGIN", 0.0
+    )  # never starved, however busy the machine
     model = ModelService(ModelSpec(kind="tiny"), tmp_path / "cache")
     rgb = np.full((64, 64, 3), 90, np.uint8)
     gate, calls = threading.Event(), []
@@ -618,6 +622,72 @@ def test_prefetch_gives_way_and_never_computes_twice(tmp_path: Path) -> None:
     assert got and calls == ["c"]  # computed once, by the prefetch the request waited for
     assert model.prefetch_idle(PATIENCE_S) and model.prefetched == ["b" * 64, "c" * 64]
     model.close()
+
+
+def test_a_starved_prefetch_gives_way_to_a_request_for_its_own_image(tmp_path: Path, monkeypatch) -> None:
+    """On a busy machine the nice-19 prefetch crawls: a request for the image it is computing does not wait for
+    it; the prefetch stops at its next encoder layer and the request computes the image at normal priority."""
+    import threading
+
+    from segany.engine import model as engine_model
+    from segany.engine.model import ModelService
+
+    monkeypatch.setattr(engine_model, "PREFETCH_STARVED_MARGIN", 1e6)  # any thread is "starved" ...
+    monkeypatch.setattr(engine_model, "PREFETCH_STARVED_AFTER_S", 0.0)  # ... from its second encoder layer
+    model = ModelService(ModelSpec(kind="tiny"), tmp_path / "cache")
+    rgb = np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    c = "c" * 64
+    calls: list[str] = []
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(_module, _args) -> None:  # the prefetch is inside the encoder
+        if threading.current_thread().name == "segany-prefetch":
+            started.set()
+            assert gate.wait(PATIENCE_S)
+
+    def load(name: str):
+        return lambda: calls.append(name) or rgb
+
+    model.sam().image_encoder.register_forward_pre_hook(hold)
+    model.prefetch([(c, load("prefetch"))])
+    assert started.wait(PATIENCE_S)
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(model.embedding(c, load("on-demand"))))
+    t.start()
+    deadline = time.monotonic() + PATIENCE_S
+    while c not in model._demanded:
+        assert time.monotonic() < deadline, "the request never registered"
+        time.sleep(0.01)
+    gate.set()
+    t.join(PATIENCE_S)
+    assert got and calls == ["prefetch", "on-demand"]
+    assert model.prefetch_idle(PATIENCE_S)
+    assert model.gave_way_starved == [c] and model.prefetched == []  # not queued again: it is cached now
+    ref = ModelService(ModelSpec(kind="tiny"), tmp_path / "ref").embedding(c, lambda: rgb)
+    assert got[0] == ref  # the same bytes as an undisturbed computation
+    model.close()
+
+
+def test_cpu_share_of_a_thread(monkeypatch) -> None:
+    """The starvation measure: a thread that sleeps gets no CPU share, so it is starved early in its work but not
+    once it is all but done; one that computes is not starved (margin 1 % here, so that a busy test machine
+    cannot make it look starved)."""
+    from segany.engine import model as engine_model
+    from segany.engine.model import PREFETCH_STARVED_AFTER_S, _CpuShare
+
+    idle = _CpuShare(steps=10)
+    assert not idle.starved()  # the first call only starts the clock
+    time.sleep(PREFETCH_STARVED_AFTER_S * 1.5)
+    assert idle.starved()  # 1 step of 10 done, no CPU: starting again is faster
+    idle.calls = 9
+    assert not idle.starved()  # 10 of 10: finishing is faster, however slow
+    monkeypatch.setattr(engine_model, "PREFETCH_STARVED_MARGIN", 0.01)
+    busy = _CpuShare(steps=10)
+    assert not busy.starved()
+    start = time.thread_time()
+    while time.thread_time() - start < PREFETCH_STARVED_AFTER_S * 2:
+        pass
+    assert not busy.starved()
 
 
 def test_a_prefill_makes_a_running_prefetch_give_way(tmp_path: Path) -> None:

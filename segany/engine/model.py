@@ -12,8 +12,10 @@ decoder export, cached on disk) before it listens, so the first page never waits
 
 Embeddings the annotator will need next are computed in the background (`ModelService.prefetch`): one at a time,
 at the lowest CPU priority, after a quiet moment (no request for `PREFETCH_QUIET_S`), giving way to on-demand
-requests (a prefetch for another image stops at its next encoder layer) and never computed twice (an on-demand
-request for the image being prefetched waits for it).
+requests (a prefetch for another image stops at its next encoder layer) and computed twice only when that is
+faster: an on-demand request for the image being prefetched waits for it, unless the prefetch is starved of CPU by
+other work (at nice 19 it can crawl on a busy machine), in which case it stops and the request computes the image
+at normal priority.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ log = logging.getLogger("segany.engine")
 
 
 PREFETCH_QUIET_S = 0.3  # a background embedding starts only after this long without a request
+# A prefetch is starved when finishing it is slower than starting again at normal priority: with f of its
+# encoder done and a share s of a core since it started, the rest takes wall * (1 - f) / f, a recompute about
+# cpu / f (at a full core), so it gives way when s < PREFETCH_STARVED_MARGIN * (1 - f) (the margin covers the
+# recompute's image load and its not getting a full core either), after at least `PREFETCH_STARVED_AFTER_S`.
+PREFETCH_STARVED_MARGIN = 0.8
+PREFETCH_STARVED_AFTER_S = 0.1
 PREDICTOR_CACHE = 4  # server-side decoding: the predictors of the last few clicked images stay in memory
 
 
@@ -48,7 +56,33 @@ class ModelUnavailable(RuntimeError):
 
 
 class _Cancelled(Exception):
-    """A background prefetch gave way: an on-demand request for another image, or it left the queue."""
+    """A background prefetch gave way: an on-demand request for another image (or for its own, when starved), or
+    it left the queue."""
+
+
+class _CpuShare:
+    """Whether a prefetch is starved of CPU: its thread's share of a core (thread CPU time / wall time) since its
+    first call, against its progress (calls / ``steps``, one call per encoder module entered).
+
+    Called from the prefetch's encoder hooks (in the prefetch thread), so the clock starts with the encoder, not
+    while the image loads. A nice-19 thread on a busy machine gets a small share (the others' work goes first)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = max(1, steps)
+        self.calls = 0
+        self.start: tuple[float, float] | None = None
+
+    def starved(self) -> bool:
+        now = (time.monotonic(), time.thread_time())
+        if self.start is None:
+            self.start = now
+            return False
+        self.calls += 1
+        wall = now[0] - self.start[0]
+        if wall < PREFETCH_STARVED_AFTER_S:
+            return False
+        done = min(1.0, self.calls / self.steps)
+        return (now[1] - self.start[1]) < PREFETCH_STARVED_MARGIN * (1.0 - done) * wall
 
 
 def _lowest_priority() -> None:
@@ -186,6 +220,7 @@ class ModelService:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.prefetched: list[str] = []  # images the prefetcher computed (for tests and benchmarks)
+        self.gave_way_starved: list[str] = []  # prefetches a request for the same image took over (starved)
         self._last_request = 0.0
         # Server-side decoding: image sha256 -> predictor, least recently used first; `_predictors_lock` guards it.
         self._predictors: OrderedDict[str, _CachedPredictor] = OrderedDict()
@@ -309,7 +344,8 @@ class ModelService:
         """Float32 embedding bytes (C order, shape ``info()['embedding_shape']``) of one image.
 
         ``load_rgb`` is called only on a cache miss; concurrent requests for the same image compute it once, and
-        a request for an image the prefetcher is computing waits for that instead of starting again.
+        a request for an image the prefetcher is computing waits for that instead of starting again, unless the
+        prefetch is starved of CPU (see `_CpuShare`): then it stops at its next encoder layer and this computes.
         """
         path = self.ensure_embedding(image_sha, load_rgb)
         arr = np.load(path, allow_pickle=False)
@@ -508,9 +544,17 @@ class ModelService:
             self._queue = []
             self._cond.notify_all()
 
-    def _should_stop(self, sha: str) -> bool:
+    def _should_stop(self, sha: str, share: _CpuShare) -> bool:
         with self._cond:
-            return self._closed or self._stop_current or any(s != sha for s in self._demanded)
+            if self._closed or self._stop_current or any(s != sha for s in self._demanded):
+                return True
+            demanded = sha in self._demanded
+        # A request waits for this very image: finishing is faster than starting again, unless starved.
+        starved = share.starved()
+        if demanded and starved:
+            log.info("prefetch of %s is starved of CPU: the request for it computes it instead", sha[:12])
+            self.gave_way_starved.append(sha)
+        return demanded and starved
 
     def touch(self) -> None:
         """A request was served: the prefetcher waits until the server has been quiet for `PREFETCH_QUIET_S`
@@ -534,7 +578,8 @@ class ModelService:
                 sha, load_rgb = self._queue.pop(0)
                 self._prefetching, self._stop_current = sha, False
             try:
-                stop = functools.partial(self._should_stop, sha)
+                steps = sum(1 for _ in self.sam().image_encoder.modules())  # one hook call each
+                stop = functools.partial(self._should_stop, sha, _CpuShare(steps))
                 if self._compute_embedding(sha, load_rgb, self.embedding_path(sha), stop):
                     self.prefetched.append(sha)
             except _Cancelled:
