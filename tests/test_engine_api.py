@@ -588,9 +588,8 @@ def test_prefetch_gives_way_and_never_computes_twice(tmp_path: Path, monkeypatch
     from segany.engine import model as engine_model
     from segany.engine.model import ModelService
 
-    monkeypatch.setattr(
-        engine_model, "PREFETCH_STARVED_MARGIN", 0.0
-    )  # never starved, however busy the machine
+    # never starved, however busy the machine
+    monkeypatch.setattr(engine_model, "PREFETCH_STARVED_MARGIN", 0.0)
     model = ModelService(ModelSpec(kind="tiny"), tmp_path / "cache")
     rgb = np.full((64, 64, 3), 90, np.uint8)
     gate, calls = threading.Event(), []
