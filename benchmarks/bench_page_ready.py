@@ -69,6 +69,29 @@ def embedding_file(data_dir: Path, sha: str) -> Path | None:
     return found[0] if found else None
 
 
+# The first page's milestones (app.js `mark`, ms since navigation), in the order they are printed.
+MILESTONES = (
+    ("script", "page script started"),
+    ("model", "model info answered"),
+    ("graphs", "decoder graphs fetched"),
+    ("workerLoaded", "decoder worker + onnxruntime-web JS evaluated"),
+    ("wasmFetched", "onnxruntime-web's wasm fetched"),
+    ("runtimeReady", "wasm runtime started"),
+    ("sessionsDone", "3 sessions created"),
+    ("shown", "image shown, masks listed"),
+    ("embedding", "embedding received"),
+    ("imageSet", "per-image graph + warm-up click run"),
+    ("warm", "page warm-up done"),
+    ("ready", "ready"),
+)
+
+
+def wait_ready(page, image_id: int, timeout_s: float = 600.0) -> None:
+    """Waits inside the page (Playwright's selector watch): a CDP round trip every few ms from here would take
+    CPU from the page it times on a 2-core machine."""
+    page.wait_for_selector(f"body[data-ready='{image_id}']", state="attached", timeout=timeout_s * 1000)
+
+
 def one_round(browser, image_dir: Path, data_dir: Path, model: str, shas: list[str]) -> dict[str, float]:
     extra = ["--model", model]
     db = f"sqlite:///{data_dir}/db.sqlite"
@@ -90,15 +113,19 @@ def one_round(browser, image_dir: Path, data_dir: Path, model: str, shas: list[s
 
     # 2. restart; first page as soon as the server answers
     t_start = time.monotonic()
-    srv2 = Server(image_dir, data_dir, db, extra=extra)  # another port: cookies are not per port
-    t_up = time.monotonic()
+    srv2 = Server(
+        image_dir, data_dir, db, extra=extra + (["--prefetch", "0"] if os.environ.get("NOPF") else [])
+    )  # another port: cookies are not per port
+    t_up, t_up_wall = time.monotonic(), time.time()
     page = context.new_page()
     page.set_default_timeout(600_000)
     try:
         page.goto(srv2.base + "/#image=1")
-        wait_until(page, "document.body.dataset.ready === '1'")
-        first_page = time.monotonic() - t_up
-        nav_ms = page.evaluate("performance.now()")
+        wait_ready(page, 1)
+        # timed by the page's own clock (epoch ms): no polling delay
+        origin, load = page.evaluate("[performance.timeOrigin, window.seganyStats.load]")
+        first_page = (origin + load["ready"]) / 1000 - t_up_wall
+        nav_ms = load["ready"]
         # clicks: the first one right after load, then more (Esc between)
         box = page.locator("#overlay").bounding_box()
         clicks = [(0.45, 0.55), (0.3, 0.5), (0.6, 0.4), (0.7, 0.6), (0.5, 0.3), (0.35, 0.7)]
@@ -116,7 +143,7 @@ def one_round(browser, image_dir: Path, data_dir: Path, model: str, shas: list[s
             time.sleep(0.05)
         t0 = time.monotonic()
         page.keyboard.press("n")
-        wait_until(page, "document.body.dataset.ready === '2'")
+        wait_ready(page, 2)
         next_image = time.monotonic() - t0
         open_ms = page.evaluate("window.seganyStats.openMs")
         # for comparison: an embedding computed on demand (the last image is past image 2's prefetch window)
@@ -129,10 +156,12 @@ def one_round(browser, image_dir: Path, data_dir: Path, model: str, shas: list[s
         page.close()
         context.close()
         srv2.stop()
+    split = {f"    {label} (s)": load[key] / 1000 for key, label in MILESTONES if key in load}
     return {
         "server start -> up (s)": t_up - t_start,
         "first page: server up -> ready (s)": first_page,
         "  of which the page's own load (navigation -> ready, s)": nav_ms / 1000,
+        **split,
         "next image, prefetched: 'n' -> ready (s)": next_image,
         "  the page's own open time (s)": open_ms[-1] / 1000,
         "first click decode (ms)": decode[0],
@@ -172,8 +201,12 @@ def main() -> int:
     print(f"\npage readiness: model {args.model}, {len(shas)} images "
           f"({'854x480 photos' if args.images is None else args.images}), {args.rounds} rounds, "
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+    heading = False
     for key in results[0]:
-        values = [r[key] for r in results]
+        values = [r[key] for r in results if key in r]
+        if key.startswith("    ") and not heading:
+            print("  the page's milestones, from navigation:")
+            heading = True
         print(
             f"  {key}: median {statistics.median(values):.3g} (min {min(values):.3g}, max {max(values):.3g})"
         )

@@ -81,11 +81,40 @@ def _click_accept_undo_reload(server: Server, browser) -> None:
     page = _new_page(browser)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    # The decoder's worker (and its wasm runtime) starts with the page, before anyone has logged in.
+    page.goto(server.base + "/")
+    page.wait_for_selector("#login-form")
+    deadline = time.monotonic() + PATIENCE_S
+    while not any(w.url.split("?")[0].endswith("/static/decoder-worker.js") for w in page.workers):
+        assert time.monotonic() < deadline, [w.url for w in page.workers]
+        page.wait_for_timeout(20)
     _login(page, server)
     # The CSP is enforcing (not report-only) and the page still works under it.
     resp = page.request.get(server.base + "/")
     assert "script-src 'self' 'wasm-unsafe-eval'" in resp.headers["content-security-policy"]
     assert "content-security-policy-report-only" not in resp.headers
+
+    # The load timeline (bench_page_ready.py prints it): every milestone follows the ones it waits for.
+    load = page.evaluate("window.seganyStats.load")
+    chains = [
+        [
+            "script",
+            "model",
+            "graphs",
+            "sessionsStart",
+            "sessionsDone",
+            "decoder",
+            "imageSet",
+            "warm",
+            "ready",
+        ],
+        ["workerLoaded", "runtimeReady", "sessionsStart"],
+        ["shown", "embedding", "imageSet"],
+    ]
+    for chain in chains:
+        times = [load[k] for k in chain]  # page and worker clocks: 1 ms for their origins' rounding
+        in_order = all(a <= b + 1.0 for a, b in zip(times, times[1:], strict=False))
+        assert in_order, dict(zip(chain, times, strict=True))
 
     _click_image(page, 0.5, 0.5)  # centre of the bright rectangle
     assert page.evaluate("window.seganyStats.decodeMs[0]") > 0

@@ -12,11 +12,13 @@ const state = {
   embedding: null, prompts: [], promptRedo: [], box: null, drag: null,
   result: null, order: [], choice: 0, startedAt: null,
   annotations: [], selected: null, undo: [], redo: [], busy: false,
-  decoderReady: null, warmed: false, openSeq: 0, pan: null, space: false,
+  decoderReady: null, earlyDecoder: null, warmed: false, openSeq: 0, pan: null, space: false,
 };
 // Read by tests and benchmarks: every decode's wall time in ms (the last one is shown in the header), and per
 // opened image the ms from asking for it to ready (image, masks, embedding and decoder in place).
-window.seganyStats = { decodeMs: [], openMs: [] };
+// `load`: the first page's milestones, ms since navigation (benchmarks/bench_page_ready.py prints the split).
+window.seganyStats = { decodeMs: [], openMs: [], load: {} };
+const mark = (name) => { if (!(name in window.seganyStats.load)) window.seganyStats.load[name] = performance.now(); };
 // The view: image pixel (x, y) is drawn at stage pixel (tx + s x, ty + s y). `fit` follows the window's size.
 const view = { s: 1, tx: 0, ty: 0, fit: true };
 window.seganyView = view;
@@ -42,6 +44,10 @@ function setStatus(text) { $("status").textContent = text; }
 // ---- login ------------------------------------------------------------------------------------------------
 
 async function start() {
+  mark("script");
+  // The decoder's worker and its wasm runtime start now, while the session, the model info and the graphs are
+  // asked for (a page whose clicks the server decodes stops it again).
+  state.earlyDecoder = PageDecoder.start();
   // Asked for with the session check, so that the decoder starts loading as soon as both answer.
   const model = api("GET", "/api/model").then((r) => r.json());
   model.catch(() => {}); // without a session this is a 401: the session check reports it
@@ -87,7 +93,7 @@ async function openTool(modelInfo = null) {
   $("tool").hidden = false;
   const model = modelInfo || api("GET", "/api/model").then((r) => r.json());
   // The decoder loads while the projects, the first image and its embedding do; openImage waits for it.
-  state.decoderReady = model.then((m) => { state.model = m; return loadDecoder(); });
+  state.decoderReady = model.then((m) => { mark("model"); state.model = m; return loadDecoder(); });
   state.decoderReady.catch(() => {}); // reported by openImage
   const projects = await (await api("GET", "/api/projects")).json();
   if (!projects.length) { setStatus("no project"); return; }
@@ -107,7 +113,9 @@ async function openTool(modelInfo = null) {
 // page cannot decode (HQ-SAM, SAM 2: model info decode "server"), the session that posts clicks to the server.
 async function loadDecoder() {
   recordInputTimes(window.seganyStats);
+  const started = state.earlyDecoder; state.earlyDecoder = null;
   if (state.model.decode === "server") {
+    if (started) started.close();
     const { ServerDecoder } = await import("./server-decode.js");
     state.session = new ServerDecoder({ post: (url, body) => api("POST", url, body), info: state.model });
     return;
@@ -117,7 +125,13 @@ async function loadDecoder() {
   const [clickBytes, imageBytes, upscaleBytes] = await Promise.all([
     get(state.model.decoder_url), get(part("image")), get(part("upscale")),
   ]);
-  state.session = await PageDecoder.create({ clickBytes, imageBytes, upscaleBytes, imageSize: state.model.image_size });
+  mark("graphs");
+  state.session = await (started || PageDecoder.start()).load({ clickBytes, imageBytes, upscaleBytes,
+    imageSize: state.model.image_size });
+  mark("decoder");
+  const at = (t) => t - performance.timeOrigin; const { info } = state.session; const load = window.seganyStats.load;
+  Object.assign(load, { workerLoaded: at(info.loadedAt), wasmFetched: at(info.wasmFetched), runtimeReady: at(info.runtimeReady),
+    sessionsStart: at(info.createStart), sessionsDone: at(info.createdAt) });
 }
 
 async function refreshImages() {
@@ -163,9 +177,11 @@ async function openImage(i, listFresh = false) {
   });
   if (listFresh) showProgress();
   await Promise.all([shown, loadAnnotations(), listFresh ? null : refreshImages()]);
+  mark("shown");
   if (seq !== state.openSeq) return;
   setStatus("computing embedding…");
   const emb = await embedding;
+  mark("embedding");
   if (seq !== state.openSeq) return;
   state.embedding = embeddingTensor(emb.data, emb.shape);
   setStatus("loading decoder…");
@@ -176,9 +192,11 @@ async function openImage(i, listFresh = false) {
     return;
   }
   if (!state.warmed) { state.warmed = true; await warmUp(); }
+  mark("warm");
   if (seq !== state.openSeq) return;
   window.seganyStats.openMs.push(performance.now() - t0);
   document.body.dataset.ready = String(image.id);
+  mark("ready");
   setStatus("ready");
 }
 
@@ -246,7 +264,8 @@ async function loadAnnotations() {
 // The embedding as the decoder takes it; the decoder's worker starts on this image's per-image work at once.
 function embeddingTensor(data, shape) {
   const emb = { data, shape, dims: shape, image: state.image };
-  state.decoderReady.then(() => state.session.setImage(emb, emb, emb.image.height, emb.image.width)).catch(() => {});
+  state.decoderReady.then(() => state.session.setImage(emb, emb, emb.image.height, emb.image.width))
+    .then(() => mark("imageSet")).catch(() => {});
   return emb;
 }
 

@@ -137,14 +137,29 @@ export class PageDecoder {
     };
   }
 
-  static async create({ clickBytes, imageBytes, upscaleBytes, imageSize, numThreads, workerUrl }) {
-    const url = workerUrl || new URL("./decoder-worker.js", import.meta.url);
-    const worker = new Worker(url, { type: "module", name: "segany-decoder" });
-    const dec = new PageDecoder(worker, null);
+  /** Starts the worker, whose wasm runtime starts at once (before any graph is here): call it as early as the
+   * page can. `numThreads` (default: up to 4 when cross-origin isolated, else 1) is fixed from then on. */
+  static start({ numThreads, workerUrl } = {}) {
+    const url = new URL(workerUrl || new URL("./decoder-worker.js", import.meta.url));
+    if (numThreads) url.searchParams.set("threads", String(numThreads));
+    return new PageDecoder(new Worker(url, { type: "module", name: "segany-decoder" }), null);
+  }
+
+  /** Hands the started worker the exported graphs (ArrayBuffers, transferred) and waits for its sessions. */
+  async load({ clickBytes, imageBytes, upscaleBytes, imageSize }) {
     const graphs = [clickBytes, imageBytes, upscaleBytes];
-    dec.info = await dec.call("init", { clickBytes, imageBytes, upscaleBytes, imageSize, numThreads }, graphs);
-    dec.imageSize = imageSize;
-    return dec;
+    this.info = await this.call("init", { clickBytes, imageBytes, upscaleBytes, imageSize }, graphs);
+    this.imageSize = imageSize;
+    return this;
+  }
+
+  static async create({ clickBytes, imageBytes, upscaleBytes, imageSize, numThreads, workerUrl }) {
+    return PageDecoder.start({ numThreads, workerUrl }).load({ clickBytes, imageBytes, upscaleBytes, imageSize });
+  }
+
+  /** Stops the worker (a page whose clicks the server decodes has no use for it). */
+  close() {
+    this.worker.terminate();
   }
 
   call(type, payload, transfer = []) {
@@ -196,7 +211,8 @@ export class PageDecoder {
     return this.call("idle", {});
   }
 
-  /** One dummy click on the current image, so that the first real click finds everything compiled and sized. */
+  /** One dummy click on the current image, so that the first real click finds everything compiled and sized:
+   * the worker's own warm-up click (setImage) leaves the page's side of a decode and the mask upsampling cold. */
   async warmup() {
     if (!this.image) return;
     const s = this.imageSize;

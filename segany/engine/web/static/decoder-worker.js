@@ -6,24 +6,40 @@ import { maskOrder, upsampleMask } from "./decode.js";
 ort.env.wasm.wasmPaths = new URL("./vendor/ort/", import.meta.url).href;
 
 const now = () => performance.timeOrigin + performance.now();
+const loadedAt = now(); // this module and onnxruntime-web's JS evaluated (the page's load timeline shows it)
 const OPTIONS = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
 let click = null; let image = null; let upscale = null; let imageSize = 0;
 let current = null; // { feeds: the per-image tensors, plan, noMask, ... }
 const results = new Map(); // the last few decodes' whole low-res logits (for mask inputs), by id
 let nextResult = 1; let lastComplete = 0;
 
+// The wasm runtime starts the moment this worker does, while the page is still asking for the decoder's
+// graphs: onnxruntime-web only starts it with a first session, so that session is a 76-byte Identity graph.
+// Threads need SharedArrayBuffer (cross-origin isolation); each thread is one more wasm worker. The page may
+// ask for a number of threads in the worker's URL (?threads=N); they are fixed once the runtime has started.
+const WARM_GRAPH = "CAgSBnNlZ2FueTo6ChAKAXgSAXkiCElkZW50aXR5EgR3YXJtWg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQEQ==";
+const asked = Number(new URL(import.meta.url).searchParams.get("threads")) || 0;
+const threads = self.crossOriginIsolated ? (asked || Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+ort.env.wasm.numThreads = threads;
+ort.env.wasm.simd = true;
+const runtimeStart = now();
+const runtime = ort.InferenceSession.create(Uint8Array.from(atob(WARM_GRAPH), (c) => c.charCodeAt(0)), OPTIONS)
+  .then((warm) => { warm.release(); return now(); });
+runtime.catch(() => {}); // reported by init
+
 async function init(m) {
-  // Threads need SharedArrayBuffer (cross-origin isolation); each thread is one more wasm worker.
-  const threads = self.crossOriginIsolated ? (m.numThreads || Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
-  ort.env.wasm.numThreads = threads;
-  ort.env.wasm.simd = true;
   imageSize = m.imageSize;
+  const runtimeReady = await runtime;
+  const t0 = now();
   [click, image, upscale] = await Promise.all([
     ort.InferenceSession.create(new Uint8Array(m.clickBytes), OPTIONS),
     ort.InferenceSession.create(new Uint8Array(m.imageBytes), OPTIONS),
     ort.InferenceSession.create(new Uint8Array(m.upscaleBytes), OPTIONS),
   ]);
-  return { threads, crossOriginIsolated: self.crossOriginIsolated };
+  const createdAt = now();
+  const wasm = performance.getEntriesByType("resource").find((e) => e.name.endsWith(".wasm"));
+  return { threads, crossOriginIsolated: self.crossOriginIsolated, loadedAt, runtimeStart, runtimeReady,
+    wasmFetched: wasm ? performance.timeOrigin + wasm.responseEnd : null, createStart: t0, createdAt };
 }
 
 function run(m) {
