@@ -113,9 +113,7 @@ def one_round(browser, image_dir: Path, data_dir: Path, model: str, shas: list[s
 
     # 2. restart; first page as soon as the server answers
     t_start = time.monotonic()
-    srv2 = Server(
-        image_dir, data_dir, db, extra=extra + (["--prefetch", "0"] if os.environ.get("NOPF") else [])
-    )  # another port: cookies are not per port
+    srv2 = Server(image_dir, data_dir, db, extra=extra)  # another port: cookies are not per port
     t_up, t_up_wall = time.monotonic(), time.time()
     page = context.new_page()
     page.set_default_timeout(600_000)

@@ -129,9 +129,10 @@ async function loadDecoder() {
   state.session = await (started || PageDecoder.start()).load({ clickBytes, imageBytes, upscaleBytes,
     imageSize: state.model.image_size });
   mark("decoder");
-  const at = (t) => t - performance.timeOrigin; const { info } = state.session; const load = window.seganyStats.load;
-  Object.assign(load, { workerLoaded: at(info.loadedAt), wasmFetched: at(info.wasmFetched), runtimeReady: at(info.runtimeReady),
-    sessionsStart: at(info.createStart), sessionsDone: at(info.createdAt) });
+  // The worker's milestones (epoch ms) on the page's clock; one it could not see (no resource timing) is left out.
+  const at = (t) => (t == null ? undefined : t - performance.timeOrigin); const { info } = state.session;
+  Object.assign(window.seganyStats.load, { workerLoaded: at(info.loadedAt), wasmFetched: at(info.wasmFetched),
+    runtimeReady: at(info.runtimeReady), sessionsStart: at(info.createStart), sessionsDone: at(info.createdAt) });
 }
 
 async function refreshImages() {

@@ -22,7 +22,6 @@ const asked = Number(new URL(import.meta.url).searchParams.get("threads")) || 0;
 const threads = self.crossOriginIsolated ? (asked || Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
 ort.env.wasm.numThreads = threads;
 ort.env.wasm.simd = true;
-const runtimeStart = now();
 const runtime = ort.InferenceSession.create(Uint8Array.from(atob(WARM_GRAPH), (c) => c.charCodeAt(0)), OPTIONS)
   .then((warm) => { warm.release(); return now(); });
 runtime.catch(() => {}); // reported by init
@@ -38,7 +37,7 @@ async function init(m) {
   ]);
   const createdAt = now();
   const wasm = performance.getEntriesByType("resource").find((e) => e.name.endsWith(".wasm"));
-  return { threads, crossOriginIsolated: self.crossOriginIsolated, loadedAt, runtimeStart, runtimeReady,
+  return { threads, crossOriginIsolated: self.crossOriginIsolated, loadedAt, runtimeReady,
     wasmFetched: wasm ? performance.timeOrigin + wasm.responseEnd : null, createStart: t0, createdAt };
 }
 
