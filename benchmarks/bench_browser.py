@@ -93,7 +93,8 @@ async function official(cfg, emb) {
 
 async function segany(cfg, emb) {
   const [clickBytes, imageBytes, upscaleBytes] = await Promise.all([get(cfg.clickUrl), get(cfg.imageUrl), get(cfg.upscaleUrl)]);
-  const dec = await PageDecoder.create({ clickBytes, imageBytes, upscaleBytes, imageSize: cfg.imageSize, numThreads: cfg.threads });
+  const dec = await PageDecoder.create({ clickBytes, imageBytes, upscaleBytes, imageSize: cfg.imageSize, numThreads: cfg.threads,
+    optimized: true }); // export_page_decoder saves optimised graphs
   const t0 = performance.now();
   const img = await dec.setImage("bench", { data: emb, shape: cfg.shape }, cfg.height, cfg.width);
   const perImage = performance.now() - t0;

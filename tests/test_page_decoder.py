@@ -39,11 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
 
-def _sessions(sam, path: Path):
-    """(per-image, per-click, upscaling) onnxruntime sessions of the page's export."""
-    export_page_decoder(sam, path)
+def _sessions(sam, path: Path, *, optimize: bool = True):
+    """(per-image, per-click, upscaling) onnxruntime sessions of the page's export, made as the page makes them:
+    the saved graphs are already optimised, so onnxruntime's optimiser is off."""
+    export_page_decoder(sam, path, optimize=optimize)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
+    if optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return tuple(
         ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         for f in (page_graph_path(path, "image"), path, page_graph_path(path, "upscale"))
@@ -160,6 +163,35 @@ def _image(size: tuple[int, int] = (480, 854)) -> np.ndarray:
 @pytest.fixture(scope="module")
 def default_model():
     return sam_model_registry["default"]().eval()
+
+
+def test_saved_graphs_are_optimised_and_compute_the_raw_graphs_numbers(tiny, tmp_path: Path) -> None:
+    """The page loads the graphs with onnxruntime's optimiser off: they must already hold its fusions (else every
+    click runs unfused LayerNorms and MatMuls) and give exactly what the raw export gives when optimised."""
+    import onnx
+
+    sam = tiny[0]
+    opt = _sessions(sam, tmp_path / "opt.onnx")
+    raw = _sessions(sam, tmp_path / "raw.onnx", optimize=False)
+
+    def ops(path: Path) -> set[str]:
+        return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+    assert {"SimplifiedLayerNormalization", "FusedMatMul"} <= ops(tmp_path / "opt.onnx")
+    assert "FusedMatMul" not in ops(tmp_path / "raw.onnx")
+    up_ops = ops(page_graph_path(tmp_path / "opt.onnx", "upscale"))
+    assert "BiasGelu" in up_ops and "Erf" not in up_ops, up_ops
+    emb = torch.randn(
+        1, *sam.prompt_encoder.get_dense_pe().shape[1:], generator=torch.Generator().manual_seed(3)
+    )
+    s = int(sam.prompt_encoder.mask_input_size[0])
+    points = [(20.0, 30.0, 1.0), (40.0, 11.0, 0.0), (0.0, 0.0, -1.0)]
+    got = [
+        click.run(None, _page_feeds(img.run(None, {"image_embeddings": emb.numpy()}), points, None, s))
+        for img, click, _ in (opt, raw)
+    ]
+    for a, b in zip(*got, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_default_model_graphs_give_predictor_masks(default_model, tmp_path: Path) -> None:

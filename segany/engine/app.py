@@ -617,8 +617,11 @@ def create_app(settings: EngineSettings) -> FastAPI:
     @app.get("/api/model")
     def model_info(_who: Who) -> ModelInfo:
         info = model.info()
+        browser = info["decode"] == "browser"
         return ModelInfo(
-            **info, decoder_url=None if info["decode"] == "server" else "/api/model/decoder.onnx"
+            **info,
+            decoder_url="/api/model/decoder.onnx" if browser else None,
+            decoder_optimized=browser,  # `ModelService.decoder_path` exports with `optimize_for_page`
         )
 
     def browser_decoder() -> None:

@@ -103,7 +103,7 @@ _EXPORT_SOURCES = (
 
 def decoder_export_tag() -> str:
     """Names the exporter that made a cached decoder: a hash of segany's version, the torch and onnx versions that
-    traced it, and the source of the exporter and of every module it traces (`_EXPORT_SOURCES`).
+    traced it (and the onnxruntime version that optimised it), and the source of the exporter and of every module it traces (`_EXPORT_SOURCES`).
 
     The cache folder is already keyed by the weights' hash; this tag makes any change to what the graph is built
     from (an upgrade, a patched module) write a new file instead of serving an export made by the old code.
@@ -111,7 +111,7 @@ def decoder_export_tag() -> str:
     import segany
 
     h = hashlib.sha256(segany.__version__.encode())
-    for dist in ("torch", "onnx"):
+    for dist in ("torch", "onnx", "onnxruntime"):  # onnxruntime optimises the page's graphs
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             h.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
     for name in _EXPORT_SOURCES:

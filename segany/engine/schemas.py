@@ -138,6 +138,11 @@ class ModelInfo(BaseModel):
     decoder_url: str | None = Field(
         description="the browser decoder; None when clicks are decoded on the server"
     )
+    decoder_optimized: bool = Field(
+        default=False,
+        description="the browser decoder's graphs were saved by onnxruntime's optimiser: create their sessions "
+        "with graph optimisation off",
+    )
     decode: Literal["browser", "server"] = Field(
         description="where clicks are decoded: in the page (SAM, MobileSAM) or by POST /api/images/{id}/decode "
         "(HQ-SAM, SAM 2)"

@@ -127,7 +127,7 @@ async function loadDecoder() {
   ]);
   mark("graphs");
   state.session = await (started || PageDecoder.start()).load({ clickBytes, imageBytes, upscaleBytes,
-    imageSize: state.model.image_size });
+    imageSize: state.model.image_size, optimized: state.model.decoder_optimized });
   mark("decoder");
   // The worker's milestones (epoch ms) on the page's clock; one it could not see (no resource timing) is left out.
   const at = (t) => (t == null ? undefined : t - performance.timeOrigin); const { info } = state.session;

@@ -145,16 +145,19 @@ export class PageDecoder {
     return new PageDecoder(new Worker(url, { type: "module", name: "segany-decoder" }), null);
   }
 
-  /** Hands the started worker the exported graphs (ArrayBuffers, transferred) and waits for its sessions. */
-  async load({ clickBytes, imageBytes, upscaleBytes, imageSize }) {
+  /** Hands the started worker the exported graphs (ArrayBuffers, transferred) and waits for its sessions.
+   * `optimized`: the graphs were saved by onnxruntime's optimiser (segany's export does), so the worker creates
+   * their sessions with optimisation off. */
+  async load({ clickBytes, imageBytes, upscaleBytes, imageSize, optimized = false }) {
     const graphs = [clickBytes, imageBytes, upscaleBytes];
-    this.info = await this.call("init", { clickBytes, imageBytes, upscaleBytes, imageSize }, graphs);
+    this.info = await this.call("init", { clickBytes, imageBytes, upscaleBytes, imageSize, optimized }, graphs);
     this.imageSize = imageSize;
     return this;
   }
 
-  static async create({ clickBytes, imageBytes, upscaleBytes, imageSize, numThreads, workerUrl }) {
-    return PageDecoder.start({ numThreads, workerUrl }).load({ clickBytes, imageBytes, upscaleBytes, imageSize });
+  static async create({ clickBytes, imageBytes, upscaleBytes, imageSize, optimized, numThreads, workerUrl }) {
+    return PageDecoder.start({ numThreads, workerUrl })
+      .load({ clickBytes, imageBytes, upscaleBytes, imageSize, optimized });
   }
 
   /** Stops the worker (a page whose clicks the server decodes has no use for it). */
