@@ -103,7 +103,8 @@ _EXPORT_SOURCES = (
 
 def decoder_export_tag() -> str:
     """Names the exporter that made a cached decoder: a hash of segany's version, the torch and onnx versions that
-    traced it (and the onnxruntime version that optimised it), and the source of the exporter and of every module it traces (`_EXPORT_SOURCES`).
+    traced it, the onnxruntime version that optimised it, and the source of the exporter and of every module it
+    traces (`_EXPORT_SOURCES`).
 
     The cache folder is already keyed by the weights' hash; this tag makes any change to what the graph is built
     from (an upgrade, a patched module) write a new file instead of serving an export made by the old code.
