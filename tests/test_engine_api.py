@@ -567,6 +567,7 @@ def test_prefetch_computes_the_next_images_embedding(tmp_path: Path) -> None:
     assert [im["file_name"] for im in images] == [p.name for p in paths]
     first = c.get(f"/api/images/{images[0]['id']}/embedding")
     assert first.status_code == 200
+    assert c.post(f"/api/images/{images[0]['id']}/ready").status_code == 204  # as the page does once loaded
     assert model.prefetch_idle(PATIENCE_S)
     assert model.prefetched == [shas[1]]  # the next image only (prefetch_ahead=1), not the one after
     nxt = model.embedding_path(shas[1])
@@ -575,8 +576,31 @@ def test_prefetch_computes_the_next_images_embedding(tmp_path: Path) -> None:
     second = c.get(f"/api/images/{images[1]['id']}/embedding")
     assert second.status_code == 200 and nxt.stat().st_mtime_ns == stamp  # served from the prefetch
     assert np.frombuffer(second.content, "<f4").size == 32 * 16 * 16
+    assert c.post(f"/api/images/{images[1]['id']}/ready").status_code == 204
     assert model.prefetch_idle(PATIENCE_S)
     assert model.prefetched == [shas[1], shas[2]]  # and opening it queued the one after
+    model.close()
+
+
+def test_prefetch_waits_until_the_page_is_ready(tmp_path: Path, monkeypatch) -> None:
+    """An embedding served to a page holds the background prefetch until the page says it can be clicked (its
+    decoder load and warm-up are the page's heaviest CPU moment), not just for the quiet moment after a request."""
+    import segany.engine.model as model_mod
+
+    monkeypatch.setattr(model_mod, "PAGE_OPEN_HOLD_S", 600.0)  # held until told, however slow the machine
+    paths = make_images(tmp_path / "images", [(120, 200), (96, 160)])
+    nxt = hashlib.sha256(paths[1].read_bytes()).hexdigest()
+    app = create_app(_settings(tmp_path, prefetch_ahead=1))
+    model = app.state.model
+    c = TestClient(app, base_url=BASE)
+    login = c.post("/api/login", json={"username": "admin", "password": PASSWORD, "bearer": True})
+    c.headers["Authorization"] = "Bearer " + login.json()["token"]
+    assert c.get("/api/images/1/embedding").status_code == 200
+    time.sleep(3 * model_mod.PREFETCH_QUIET_S)  # well past the quiet moment
+    assert not model.prefetch_idle(0.0) and model.prefetched == [] and not model.embedding_path(nxt).exists()
+    assert c.post("/api/images/999/ready").status_code == 404  # only images the caller can see
+    assert c.post("/api/images/1/ready").status_code == 204
+    assert model.prefetch_idle(PATIENCE_S) and model.prefetched == [nxt]
     model.close()
 
 

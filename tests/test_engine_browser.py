@@ -81,6 +81,9 @@ def _click_accept_undo_reload(server: Server, browser) -> None:
     page = _new_page(browser)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    ready_posts: list[int] = []  # the page releases the server's background prefetch once it can be clicked
+    page.on("requestfinished", lambda r: ready_posts.append(r.response().status) if r.method == "POST"
+            and r.url.split("/api/images/")[-1].endswith("/ready") else None)  # fmt: skip
     # The decoder's worker (and its wasm runtime) starts with the page, before anyone has logged in.
     page.goto(server.base + "/")
     page.wait_for_selector("#login-form")
@@ -89,6 +92,11 @@ def _click_accept_undo_reload(server: Server, browser) -> None:
         assert time.monotonic() < deadline, [w.url for w in page.workers]
         page.wait_for_timeout(20)
     _login(page, server)
+    deadline = time.monotonic() + PATIENCE_S
+    while not ready_posts:
+        assert time.monotonic() < deadline, "the page never told the server it was ready"
+        page.wait_for_timeout(20)
+    assert ready_posts == [204]
     # The CSP is enforcing (not report-only) and the page still works under it.
     resp = page.request.get(server.base + "/")
     assert "script-src 'self' 'wasm-unsafe-eval'" in resp.headers["content-security-policy"]

@@ -445,13 +445,21 @@ def create_app(settings: EngineSettings) -> FastAPI:
             body = model.embedding(img.sha256, lambda: load_rgb(img))
         else:
             model.ensure_embedding(img.sha256, lambda: load_rgb(img))
-        # The images the annotator meets next: computed in the background while this one is annotated.
+        # The images the annotator meets next: computed in the background while this one is annotated, once
+        # the page says it is ready (`image_ready`), so that they do not slow its decoder's load.
+        model.hold_prefetch()
         model.prefetch(prefetch_order(engine, settings, img.project_id, after=img.id))
         shape = ",".join(map(str, model.info()["embedding_shape"]))
         headers = {"X-Embedding-Shape": shape, "Cache-Control": "private, max-age=3600"}
         if not data:
             return Response(status_code=204, headers=headers)
         return Response(body, media_type="application/octet-stream", headers=headers)
+
+    @app.post("/api/images/{image_id}/ready", status_code=204)
+    def image_ready(image_id: DbId, who: Who) -> None:
+        """The page has opened this image and can be clicked: background prefetching may start."""
+        store.image_for(engine, who, image_id)
+        model.page_ready()
 
     @app.post("/api/images/{image_id}/decode")
     def decode(image_id: DbId, body: DecodeIn, who: Who) -> DecodeOut:

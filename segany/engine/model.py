@@ -11,7 +11,8 @@ file. Building the app imports no torch; `segany annotate` calls `ModelService.w
 decoder export, cached on disk) before it listens, so the first page never waits for them.
 
 Embeddings the annotator will need next are computed in the background (`ModelService.prefetch`): one at a time,
-at the lowest CPU priority, after a quiet moment (no request for `PREFETCH_QUIET_S`), giving way to on-demand
+at the lowest CPU priority, after a quiet moment (no request for `PREFETCH_QUIET_S`) and once the page that asked
+for an embedding is ready to click (`page_ready`, at most `PAGE_OPEN_HOLD_S` later), giving way to on-demand
 requests (a prefetch for another image stops at its next encoder layer) and computed twice only when that is
 faster: an on-demand request for the image being prefetched waits for it, unless the prefetch is starved of CPU by
 other work (at nice 19 it can crawl on a busy machine), in which case it stops and the request computes the image
@@ -42,6 +43,10 @@ log = logging.getLogger("segany.engine")
 
 
 PREFETCH_QUIET_S = 0.3  # a background embedding starts only after this long without a request
+# An embedding served to a page holds the prefetcher until the page says it is ready to click
+# (`ModelService.page_ready`), at most this long: the page's decoder load and warm-up are its heaviest CPU
+# moment, and on 2 cores a background encoder beside them slows the first page even at nice 19.
+PAGE_OPEN_HOLD_S = 3.0
 # A prefetch is starved when finishing it is slower than starting again at normal priority: with f of its
 # encoder done and a share s of a core since it started, the rest takes wall * (1 - f) / f, a recompute about
 # cpu / f (at a full core), so it gives way when s < PREFETCH_STARVED_MARGIN * (1 - f) (the margin covers the
@@ -223,6 +228,7 @@ class ModelService:
         self.prefetched: list[str] = []  # images the prefetcher computed (for tests and benchmarks)
         self.gave_way_starved: list[str] = []  # prefetches a request for the same image took over (starved)
         self._last_request = 0.0
+        self._hold_until = 0.0  # see `hold_prefetch`
         # Server-side decoding: image sha256 -> predictor, least recently used first; `_predictors_lock` guards it.
         self._predictors: OrderedDict[str, _CachedPredictor] = OrderedDict()
         self._predictors_lock = threading.Lock()
@@ -562,6 +568,19 @@ class ModelService:
         (a page loading its image, masks and decoder is not slowed by a background embedding)."""
         self._last_request = time.monotonic()
 
+    def hold_prefetch(self, seconds: float | None = None) -> None:
+        """A page is opening an image: no background embedding starts for ``seconds`` (`PAGE_OPEN_HOLD_S`) or
+        until `page_ready`."""
+        seconds = PAGE_OPEN_HOLD_S if seconds is None else seconds
+        with self._cond:
+            self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
+    def page_ready(self) -> None:
+        """The page can be clicked: the prefetcher may start (after the usual quiet moment)."""
+        with self._cond:
+            self._hold_until = 0.0
+            self._cond.notify_all()
+
     def _prefetch_loop(self) -> None:
         _lowest_priority()
         while True:
@@ -570,7 +589,7 @@ class ModelService:
                     if not self._queue or self._demanded:
                         self._cond.wait()
                         continue
-                    quiet = self._last_request + PREFETCH_QUIET_S - time.monotonic()
+                    quiet = max(self._last_request + PREFETCH_QUIET_S, self._hold_until) - time.monotonic()
                     if quiet <= 0:
                         break
                     self._cond.wait(quiet)

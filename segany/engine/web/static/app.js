@@ -199,6 +199,8 @@ async function openImage(i, listFresh = false) {
   document.body.dataset.ready = String(image.id);
   mark("ready");
   setStatus("ready");
+  // The server holds its background embeddings (the next images) until now: they would slow this load.
+  api("POST", `/api/images/${image.id}/ready`).catch(() => {});
 }
 
 function sizeOverlay() {
