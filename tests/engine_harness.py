@@ -74,8 +74,8 @@ class Server:
     """``segany annotate`` in a child process (the real CLI, the real uvicorn)."""
 
     def __init__(self, image_dir: Path, data_dir: Path, db_url: str, *, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
-        self.port = free_port()
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:  # fmt: skip
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         # The `segany annotate` sub-command itself, without importing the other sub-commands' modules.
         launcher = ("import argparse, sys; from segany.cli import annotate; p = argparse.ArgumentParser(); "
