@@ -107,9 +107,8 @@ def one_round(
             c.get("/api/images/1/embedding").raise_for_status()
         r = context.request.post(srv.base + "/api/login", data={"username": "admin", "password": PASSWORD})
         assert r.ok, r.text()
-        if (
-            returning
-        ):  # the page once before the restart: its files (the wasm runtime) are in the browser's cache
+        # A returning browser: the page once before the restart puts its files (the wasm runtime) in its cache.
+        if returning:
             warm = context.new_page()
             warm.goto(srv.base + "/#image=1")
             wait_ready(warm, 1)

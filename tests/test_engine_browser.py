@@ -82,8 +82,8 @@ def _click_accept_undo_reload(server: Server, browser) -> None:
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     ready_posts: list[int] = []  # the page releases the server's background prefetch once it can be clicked
-    page.on("requestfinished", lambda r: ready_posts.append(r.response().status) if r.method == "POST"
-            and r.url.split("/api/images/")[-1].endswith("/ready") else None)  # fmt: skip
+    page.on("requestfinished", lambda r: ready_posts.append(r.response().status)
+            if r.method == "POST" and r.url.endswith("/ready") else None)  # fmt: skip
     # The decoder's worker (and its wasm runtime) starts with the page, before anyone has logged in.
     page.goto(server.base + "/")
     page.wait_for_selector("#login-form")

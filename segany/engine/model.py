@@ -568,12 +568,11 @@ class ModelService:
         (a page loading its image, masks and decoder is not slowed by a background embedding)."""
         self._last_request = time.monotonic()
 
-    def hold_prefetch(self, seconds: float | None = None) -> None:
-        """A page is opening an image: no background embedding starts for ``seconds`` (`PAGE_OPEN_HOLD_S`) or
-        until `page_ready`."""
-        seconds = PAGE_OPEN_HOLD_S if seconds is None else seconds
+    def hold_prefetch(self) -> None:
+        """A page is opening an image: no background embedding starts for `PAGE_OPEN_HOLD_S` or until
+        `page_ready`."""
         with self._cond:
-            self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+            self._hold_until = max(self._hold_until, time.monotonic() + PAGE_OPEN_HOLD_S)
 
     def page_ready(self) -> None:
         """The page can be clicked: the prefetcher may start (after the usual quiet moment)."""
