@@ -235,8 +235,15 @@ def page_server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("page_decoder")
     (root / "images").mkdir()
     Image.fromarray(_image()).save(root / "images" / "photo.png")
+    # A phone-style JPEG stored sideways with an EXIF orientation tag (6: turn 90 degrees clockwise to view): the
+    # browser shows it upright, the server's embedding reads it upright (`segany.images`), the masks must agree.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = Image.fromarray(_image((320, 480))).transpose(Image.Transpose.ROTATE_90)
+    sideways.save(root / "images" / "rotated.jpg", exif=exif.tobytes(), quality=95)
     data = root / "data"
     srv = Server(root / "images", data, f"sqlite:///{data}/db.sqlite", extra=["--model", "default"])
+    srv.test_images = root / "images"  # type: ignore[attr-defined]
     yield srv
     srv.stop()
 
@@ -257,8 +264,18 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def _login(page, base: str) -> None:
+    from engine_harness import PASSWORD
+
+    page.goto(base + "/")
+    page.fill("#login-user", "admin")
+    page.fill("#login-password", PASSWORD)
+    page.click("#login-form button")
+    page.wait_for_selector("body[data-ready]")
+
+
 def test_page_shows_the_predictor_mask(page_server, default_model) -> None:
-    from engine_harness import CHROMIUM, CHROMIUM_ARGS, PASSWORD
+    from engine_harness import CHROMIUM, CHROMIUM_ARGS
     from patience import PATIENCE_S
     from playwright.sync_api import sync_playwright
 
@@ -271,11 +288,7 @@ def test_page_shows_the_predictor_mask(page_server, default_model) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.set_default_timeout(PATIENCE_S * 1000)
-        page.goto(page_server.base + "/")
-        page.fill("#login-user", "admin")
-        page.fill("#login-password", PASSWORD)
-        page.click("#login-form button")
-        page.wait_for_selector("body[data-ready]")
+        _login(page, page_server.base)
         assert page.evaluate("self.crossOriginIsolated")
 
         def click(fx: float, fy: float, shift: bool = False) -> None:
@@ -317,3 +330,52 @@ def test_page_shows_the_predictor_mask(page_server, default_model) -> None:
     h, w = saved["rle"]["size"]
     saved_mask = rle_counts_to_mask(coco_rle_to_counts(saved["rle"]), h, w)
     assert _iou(saved_mask, masks2[0]) >= 0.999
+
+
+def test_exif_rotated_photo_upright_and_predictor_mask(page_server, default_model) -> None:
+    """An EXIF-rotated JPEG: the page shows it upright (480 x 320, not 320 x 480) and the mask on screen after a
+    click is `SamPredictor`'s on the image as `segany.images.load_image` reads it (EXIF applied)."""
+    from engine_harness import CHROMIUM, CHROMIUM_ARGS
+    from patience import PATIENCE_S
+    from playwright.sync_api import sync_playwright
+
+    from segany.images import load_image
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.set_default_timeout(PATIENCE_S * 1000)
+        _login(page, page_server.base)
+        with page_server.client() as c:
+            images = c.get("/api/projects/1/images").json()
+        rotated = next(im for im in images if im["file_name"].endswith("rotated.jpg"))
+        page.goto(f"{page_server.base}/#image={rotated['id']}")
+        page.reload()
+        page.wait_for_selector(f"body[data-ready='{rotated['id']}']")
+        natural = page.evaluate("(() => { const i = document.getElementById('image'); "
+                                "return [i.naturalWidth, i.naturalHeight]; })()")  # fmt: skip
+        assert natural == [480, 320], f"the browser shows the photo as {natural[0]} x {natural[1]}"
+        box = page.locator("#overlay").bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + 0.7 * box["width"], box["y"] + 0.4 * box["height"])
+        deadline = time.monotonic() + PATIENCE_S
+        while not page.evaluate("window.seganyStats.decodeMs.length"):
+            assert time.monotonic() < deadline, "no decode after the click"
+            time.sleep(0.02)
+        got = _screen_mask(page)
+        page.click("#accept")
+        page.wait_for_selector("#masks li")
+        with page_server.client() as c:
+            saved = c.get(f"/api/images/{rotated['id']}/annotations").json()[-1]
+        browser.close()
+
+    image = load_image(page_server.test_images / "rotated.jpg")
+    assert image.shape == (320, 480, 3)
+    pred = SamPredictor(default_model)
+    pred.set_image(image)
+    q = saved["prompts"][0]
+    masks, scores, _ = pred.predict(np.array([[q["x"], q["y"]]]), np.array([1]), multimask_output=True)
+    want = masks[int(np.argmax(scores))]
+    assert got.shape == want.shape
+    assert want.sum() > 100, "the predictor's mask is empty: a weak check"
+    assert _iou(got, want) >= 0.999, f"IoU {_iou(got, want):.5f}, {np.sum(got != want)} pixels differ"
