@@ -248,13 +248,15 @@ def page_server(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
-def _screen_mask(page) -> np.ndarray:
-    """The overlay canvas (image resolution) as a boolean mask: every painted pixel (no saved masks yet)."""
+def _screen_mask(page, layer: str = "overlay") -> np.ndarray:
+    """A mask layer of the page (image resolution) as a boolean mask, every painted pixel: ``overlay`` holds the
+    mask being made, ``saved`` the accepted ones."""
     h, w, alpha = page.evaluate(
-        """() => { const cv = document.getElementById('overlay');
+        """(layer) => { const cv = document.getElementById(layer);
         const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
         const a = new Array(cv.width * cv.height); for (let i = 0; i < a.length; i++) a[i] = d[4 * i + 3];
-        return [cv.height, cv.width, a]; }"""
+        return [cv.height, cv.width, a]; }""",
+        layer,
     )
     return np.array(alpha, np.uint8).reshape(h, w) > 0
 
@@ -314,6 +316,9 @@ def test_page_shows_the_predictor_mask(page_server, default_model) -> None:
         page.wait_for_selector("#masks li")
         with page_server.client() as c:
             saved = c.get("/api/images/1/annotations").json()[-1]
+        # accepted: the mask moves from the layer being made to the saved masks' layer
+        assert not _screen_mask(page).any()
+        on_saved_layer = _screen_mask(page, "saved")
         browser.close()
 
     prompts = [q for q in saved["prompts"] if q["label"] in (0, 1)]
@@ -330,6 +335,7 @@ def test_page_shows_the_predictor_mask(page_server, default_model) -> None:
     h, w = saved["rle"]["size"]
     saved_mask = rle_counts_to_mask(coco_rle_to_counts(saved["rle"]), h, w)
     assert _iou(saved_mask, masks2[0]) >= 0.999
+    assert np.array_equal(on_saved_layer, saved_mask)
 
 
 def test_exif_rotated_photo_upright_and_predictor_mask(page_server, default_model) -> None:

@@ -1,7 +1,7 @@
 // segany annotation page: decodes masks in the browser with onnxruntime-web on the exported SAM decoder.
 // The server computes each image's embedding once; every click here only runs the light decoder.
 // All user-supplied text (labels, file names) is written with textContent, never parsed as HTML.
-import { PageDecoder, recordInputTimes } from "./decode.js";
+import { PageDecoder, maskBox, recordInputTimes } from "./decode.js";
 
 const $ = (id) => document.getElementById(id);
 const PALETTE = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [245, 130, 48], [145, 30, 180], [70, 240, 240],
@@ -204,10 +204,10 @@ async function openImage(i, listFresh = false) {
 }
 
 function sizeOverlay() {
-  const img = $("image"); const cv = $("overlay");
+  const img = $("image"); const saved = $("saved"); const cv = $("overlay");
   const { width: w, height: h } = state.image;
-  cv.width = w; cv.height = h;
-  for (const el of [img, cv]) { el.style.width = `${w}px`; el.style.height = `${h}px`; }
+  saved.width = w; saved.height = h; cv.width = w; cv.height = h; shownBox = null;
+  for (const el of [img, saved, cv]) { el.style.width = `${w}px`; el.style.height = `${h}px`; }
   draw();
 }
 
@@ -257,7 +257,10 @@ window.addEventListener("resize", () => { if (!state.image) return; if (view.fit
 
 async function loadAnnotations() {
   state.annotations = await (await api("GET", `/api/images/${state.image.id}/annotations`)).json();
-  for (const a of state.annotations) a.bitmap = decodeRle(a.rle);
+  for (const a of state.annotations) {
+    a.bitmap = decodeRle(a.rle);
+    a.box = maskBox(a.bitmap, state.image.height, state.image.width);
+  }
   renderList();
   draw();
 }
@@ -337,7 +340,7 @@ async function decodeOnce() {
   state.choice = 0;
   $("mask-index").textContent = `1/${state.order.length}`;
   const d0 = performance.now();
-  draw();
+  drawCurrent();
   const t = result.timings;
   t.draw = performance.now() - d0;
   stats.decodeMs.push(t.total);
@@ -397,22 +400,52 @@ function decodeRle(rle) {
 
 // ---- drawing ------------------------------------------------------------------------------------------------
 
+// Two image-resolution layers: #saved holds the accepted masks (redrawn when they or the selection change),
+// #overlay the mask being made (redrawn per click, only over its own and the previous mask's rectangles), so a
+// click's drawing costs the mask's area, not the image's times the number of saved masks.
 function draw() {
-  const cv = $("overlay"); const ctx = cv.getContext("2d");
+  drawSaved();
+  drawCurrent();
+}
+
+// RGBA as one little-endian 32-bit pixel (every browser's typed arrays are little-endian).
+const rgba = (r, g, b, a) => ((a << 24) | (b << 16) | (g << 8) | r) >>> 0;
+
+/** Paints the set pixels of `mask` (height x width, row-major) inside `box` [x0, y0, x1, y1) onto `ctx`, over
+ * what is there (`over`) or over a transparent rectangle. */
+function paintMask(ctx, mask, box, width, color, over) {
+  const [x0, y0, x1, y1] = box; const bw = x1 - x0; const bh = y1 - y0;
+  const img = over ? ctx.getImageData(x0, y0, bw, bh) : ctx.createImageData(bw, bh);
+  const px = new Uint32Array(img.data.buffer);
+  for (let y = 0; y < bh; y++) {
+    const src = (y0 + y) * width + x0; const dst = y * bw;
+    for (let x = 0; x < bw; x++) if (mask[src + x]) px[dst + x] = color;
+  }
+  ctx.putImageData(img, x0, y0);
+}
+
+function drawSaved() {
+  const ctx = $("saved").getContext("2d");
   if (!state.image) return;
   const { width: w, height: h } = state.image;
   ctx.clearRect(0, 0, w, h);
-  const img = ctx.createImageData(w, h); const d = img.data;
   state.annotations.forEach((a, n) => {
-    const [r, g, b] = PALETTE[n % PALETTE.length]; const alpha = a.id === state.selected ? 170 : 100;
-    const m = a.bitmap;
-    for (let i = 0; i < m.length; i++) if (m[i]) { d[4 * i] = r; d[4 * i + 1] = g; d[4 * i + 2] = b; d[4 * i + 3] = alpha; }
+    if (!a.box) return;
+    const [r, g, b] = PALETTE[n % PALETTE.length];
+    paintMask(ctx, a.bitmap, a.box, w, rgba(r, g, b, a.id === state.selected ? 170 : 100), true);
   });
+}
+
+let shownBox = null; // the rectangle #overlay has painted, cleared before the next mask is drawn
+
+function drawCurrent() {
+  const ctx = $("overlay").getContext("2d");
+  if (shownBox) { const [x0, y0, x1, y1] = shownBox; ctx.clearRect(x0, y0, x1 - x0, y1 - y0); shownBox = null; }
+  if (!state.image) return;
   const cur = currentMask();
-  if (cur) {
-    for (let i = 0; i < cur.length; i++) if (cur[i]) { d[4 * i] = 0; d[4 * i + 1] = 114; d[4 * i + 2] = 189; d[4 * i + 3] = 150; }
-  }
-  ctx.putImageData(img, 0, 0);
+  const { width: w, height: h } = state.image;
+  const box = cur && maskBox(cur, h, w);
+  if (box) { paintMask(ctx, cur, box, w, rgba(0, 114, 189, 150), false); shownBox = box; }
   drawMarks();
 }
 
@@ -472,7 +505,7 @@ function renderList() {
 function clearPrompt() {
   state.prompts = []; state.promptRedo = []; state.box = null; state.result = null; state.order = [];
   state.startedAt = null; $("mask-index").textContent = "–";
-  draw();
+  drawCurrent();
 }
 
 // Mouse: click = point, drag = box; wheel = zoom at the cursor; middle button, or Space/Alt + drag = pan.
@@ -533,7 +566,7 @@ function cycle() {
   if (!state.order.length) return;
   state.choice = (state.choice + 1) % state.order.length;
   $("mask-index").textContent = `${state.choice + 1}/${state.order.length}`;
-  draw();
+  drawCurrent();
 }
 
 // ---- saving, undo/redo ------------------------------------------------------------------------------------------
@@ -583,7 +616,7 @@ async function setDeleted(id, deleted) {
 async function undo() {
   if (state.prompts.length || state.box) {
     if (state.box) { state.box = null; } else { state.promptRedo.push(state.prompts.pop()); }
-    if (!state.prompts.length && !state.box) { state.result = null; draw(); } else { await decode(); }
+    if (!state.prompts.length && !state.box) { state.result = null; drawCurrent(); } else { await decode(); }
     return;
   }
   const op = state.undo.pop();

@@ -29,7 +29,17 @@ export function axisTaps(nOut, nCrop, lowSize, imgSize) {
     }
     lo[o] = idx[4 * o]; hi[o] = Math.max(idx[4 * o + 1], idx[4 * o + 3]);
   }
-  return { idx, wt, lo, hi };
+  return { idx, wt, lo, hi, runs: spanRuns(lo, hi) };
+}
+
+/** Where runs of consecutive outputs that read the same low-res span [lo, hi] start (and, last, the number of
+ * outputs): about imgSize / lowSize outputs a run when upsampling. `upsampleMask` settles a run at once when its
+ * span's logits all have one sign. */
+export function spanRuns(lo, hi) {
+  const starts = [0];
+  for (let o = 1; o < lo.length; o++) if (lo[o] !== lo[o - 1] || hi[o] !== hi[o - 1]) starts.push(o);
+  starts.push(lo.length);
+  return Int32Array.from(starts);
 }
 
 /** The upsampling plan of one image: ResizeLongestSide's input size, the taps of both axes, and the embedding
@@ -49,7 +59,7 @@ export function upsampleMask(low, k, plan) {
   const plane = k * plan.lowRows * s;
   const out = new Uint8Array(H * W);
   const c0 = cols.lo[0]; const c1 = cols.hi[W - 1] + 1; // low-res columns any output pixel reads
-  const row = new Float64Array(s); const pos = new Int32Array(s + 1);
+  const row = new Float64Array(s); const pos = new Int32Array(s + 1); const { runs } = cols;
   let prevY = -1;
   for (let y = 0; y < H; y++) {
     const r = 4 * y; const base = y * W;
@@ -72,18 +82,38 @@ export function upsampleMask(low, k, plan) {
     }
     if (pos[c1] === pos[c0]) continue; // nothing positive on this row
     if (pos[c1] - pos[c0] === c1 - c0) { out.fill(1, base, base + W); continue; }
-    for (let x = 0; x < W; x++) {
-      const lo = cols.lo[x]; const hi = cols.hi[x];
+    for (let r = 0; r + 1 < runs.length; r++) { // runs of pixels reading the same span of this row
+      const xs = runs[r]; const xe = runs[r + 1];
+      const lo = cols.lo[xs]; const hi = cols.hi[xs];
       const n = pos[hi + 1] - pos[lo];
-      if (n === 0) continue; // a non-negative mix of values <= 0
-      if (n === hi - lo + 1) { out[base + x] = 1; continue; } // ... of values > 0
-      const q = 4 * x;
-      const v = cols.wt[q] * row[cols.idx[q]] + cols.wt[q + 1] * row[cols.idx[q + 1]]
-        + cols.wt[q + 2] * row[cols.idx[q + 2]] + cols.wt[q + 3] * row[cols.idx[q + 3]];
-      if (v > 0) out[base + x] = 1;
+      if (n === 0) continue; // non-negative mixes of values <= 0
+      if (n === hi - lo + 1) { out.fill(1, base + xs, base + xe); continue; } // ... of values > 0
+      for (let x = xs; x < xe; x++) {
+        const q = 4 * x;
+        const v = cols.wt[q] * row[cols.idx[q]] + cols.wt[q + 1] * row[cols.idx[q + 1]]
+          + cols.wt[q + 2] * row[cols.idx[q + 2]] + cols.wt[q + 3] * row[cols.idx[q + 3]];
+        if (v > 0) out[base + x] = 1;
+      }
     }
   }
   return out;
+}
+
+/** The smallest rectangle [x0, y0, x1, y1) holding every set pixel of a height x width mask, or null. */
+export function maskBox(mask, height, width) {
+  const first = mask.indexOf(1);
+  if (first < 0) return null;
+  const y0 = Math.floor(first / width); const y1 = Math.floor(mask.lastIndexOf(1) / width) + 1;
+  let x0 = width; let x1 = 0;
+  for (let y = y0; y < y1; y++) {
+    const row = mask.subarray(y * width, (y + 1) * width);
+    const a = row.indexOf(1);
+    if (a < 0) continue;
+    if (a < x0) x0 = a;
+    const b = row.lastIndexOf(1) + 1;
+    if (b > x1) x1 = b;
+  }
+  return [x0, y0, x1, y1];
 }
 
 /** Which planes the page offers, best first: one prompt (or a box alone) is ambiguous, so the three multimask

@@ -6,7 +6,7 @@
 //
 // Same interface as decode.js's PageDecoder: setImage, decode(points, maskInput, single), warmup; results have
 // order, iou, timings, mask(k) and lowRes(k).
-import { upsampleMask, upsamplePlan } from "./decode.js";
+import { spanRuns, upsampleMask, upsamplePlan } from "./decode.js";
 
 /** Per output index: one bilinear resize nIn -> nOut (align_corners=False, as PyTorch, positions in float32),
  * in upsampleMask's 4-tap layout (the last two taps have weight 0). */
@@ -23,7 +23,7 @@ export function resizeTaps(nOut, nIn) {
     idx[n + 2] = j0; wt[n + 2] = 0; idx[n + 3] = j1; wt[n + 3] = 0;
     lo[o] = j0; hi[o] = j1;
   }
-  return { idx, wt, lo, hi };
+  return { idx, wt, lo, hi, runs: spanRuns(lo, hi) };
 }
 
 /** How the low-res logits (s x s) become the image's mask: SAM's postprocess (to the input size, crop the
