@@ -43,9 +43,12 @@ writeFileSync(process.argv[6], JSON.stringify(boxes));
 
 
 def _node() -> str:
+    from engine_harness import need
+
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (the page's build needs it: segany/engine/web/build.sh)")
+    if node is None:  # the page's build needs it too (segany/engine/web/build.sh): CI has it
+        need("node", "SEGANY_REQUIRE_BROWSER", "not on PATH")
+    assert node is not None
     return node
 
 
