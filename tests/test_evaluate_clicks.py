@@ -239,8 +239,8 @@ def test_perfect_predictor_on_real_grabcut_masks_with_ignore_band(shared_data):
 
 @pytest.mark.parametrize("refined", [False, True], ids=["network", "graph-cut"])
 def test_shipped_model_follows_clicks_on_real_benchmark_images(shared_data, refined):
-    """A guard on the shipped weights, not a benchmark: on 6 GrabCut and 6 Berkeley images the v2.5 network
-    scores mIoU@1 0.55 / 0.54 and mIoU@5 0.81 / 0.76 (v2.4: 0.53 / 0.50 and 0.75 / 0.72; v2.3: 0.51 / 0.50 and
+    """A guard on the shipped weights, not a benchmark: on 6 GrabCut and 6 Berkeley images the v2.5 network (v2.6 not
+    re-measured here) scored mIoU@1 0.55 / 0.54 and mIoU@5 0.81 / 0.76 (v2.4: 0.53 / 0.50 and 0.75 / 0.72; v2.3: 0.51 / 0.50 and
     0.78 / 0.76; v2.1: 0.39 / 0.54 and 0.76 / 0.71; v2: 0.48 / 0.53 and 0.72 / 0.72; v1: 0.34 / 0.41 and 0.66 /
     0.65; MODEL.md has the full runs); the opt-in graph cut must keep it above its own floors. Broken, zeroed or
     mis-exported weights, or a broken refinement, fall far below these floors, and so would a retrain weaker than
